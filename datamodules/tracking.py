@@ -1,0 +1,166 @@
+"""TrackingDataModule: stream point-tracking clips from shards, augment on the device."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from configs.schema import TrackingDataConfig
+from datamodules.augment import augment_tracking_batch
+from datamodules.clip_sampling import TooFewTracks, cut_eval_sample, cut_training_sample
+from datamodules.shard_reader import SkipCounter, iter_shard
+from datamodules.shards import decode_clip, expand_shards
+from datamodules.synthetic_shards import ensure_synthetic_shards
+
+log = logging.getLogger(__name__)
+
+
+def _collate(samples: list[dict[str, torch.Tensor]], skips: tuple[int, int]) -> dict[str, torch.Tensor]:
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    batch["num_corrupt_skipped"] = torch.tensor(skips[0])
+    batch["num_too_few_tracks_skipped"] = torch.tensor(skips[1])
+    return batch
+
+
+class TrainClipStream(IterableDataset):
+    """Endless shuffled training batches from this rank's (and worker's) disjoint shard subset.
+
+    Shards are split by rank first, then by dataloader worker, so no two (rank, worker) pairs
+    read the same shard; each pass over the subset is re-shuffled. Every rank yields exactly
+    `batches_per_epoch` batches per epoch whatever its data, so DDP never waits on a rank.
+    """
+
+    def __init__(self, urls: list[str], cfg: TrackingDataConfig, rank: int, world_size: int) -> None:
+        self.urls, self.cfg, self.rank, self.world_size = urls, cfg, rank, world_size
+
+    def __len__(self) -> int:
+        return self.cfg.batches_per_epoch
+
+    def _my_urls(self, worker_id: int, num_workers: int) -> list[str]:
+        urls = self.urls[self.rank :: self.world_size][worker_id::num_workers]
+        if not urls:
+            raise ValueError(
+                f"{len(self.urls)} training shards cannot be split over {self.world_size} ranks x "
+                f"{num_workers} workers; write more, smaller shards or lower data.num_workers"
+            )
+        return urls
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        urls = self._my_urls(worker_id, num_workers)
+        # torch's RNG is seeded per epoch and per worker by the DataLoader (and by seed_everything).
+        rng = np.random.default_rng([int(torch.randint(0, 2**62, (1,))), self.rank, worker_id])
+        share = self.cfg.batches_per_epoch // num_workers + (worker_id < self.cfg.batches_per_epoch % num_workers)
+        skips = SkipCounter()
+        samples = self._samples(urls, rng, skips)
+        for _ in range(share):
+            batch = [next(samples) for _ in range(self.cfg.batch_size)]
+            yield _collate(batch, skips.take())
+
+    def _raw(self, urls: list[str], rng: np.random.Generator, skips: SkipCounter) -> Iterator[dict[str, Any]]:
+        while True:
+            produced = False
+            for i in rng.permutation(len(urls)):
+                for raw in iter_shard(urls[i], skips):
+                    produced = True
+                    yield raw
+            if not produced:
+                raise RuntimeError(f"no readable sample in training shards {urls}")
+
+    def _samples(self, urls: list[str], rng: np.random.Generator, skips: SkipCounter) -> Iterator[dict[str, torch.Tensor]]:
+        buffer: list[dict[str, Any]] = []
+        for raw in self._raw(urls, rng, skips):
+            buffer.append(raw)
+            if len(buffer) < self.cfg.shuffle_buffer:
+                continue
+            raw = buffer.pop(int(rng.integers(len(buffer))))
+            clip = decode_clip(raw)  # schema violations stop training with the file named
+            try:
+                yield cut_training_sample(
+                    clip, self.cfg.clip_len, self.cfg.num_queries, self.cfg.random_query_fraction, rng
+                )
+            except TooFewTracks as err:
+                skips.too_few_tracks += 1
+                log.debug("skipping clip: %s", err)
+            except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for corrupt JPEG data
+                skips.corrupt += 1
+                log.warning("skipping corrupt sample %s in %s: %s", clip.key, clip.source_url, err)
+
+
+class EvalClips(Dataset):
+    """Map-style validation set: every sample of the given shards, held compressed in memory.
+
+    Validation sets are small; map-style lets Lightning's DistributedSampler split them.
+    """
+
+    def __init__(self, urls: list[str], clip_len: int, num_queries: int) -> None:
+        skips = SkipCounter()
+        self.raw = [raw for url in urls for raw in iter_shard(url, skips)]
+        if skips.corrupt:
+            log.warning("%d corrupt validation shard(s) skipped", skips.corrupt)
+        if not self.raw:
+            raise FileNotFoundError(f"validation shards {urls} hold no readable sample")
+        self.clip_len, self.num_queries = clip_len, num_queries
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return cut_eval_sample(decode_clip(self.raw[index]), self.clip_len, self.num_queries, seed=index)
+
+
+class TrackingDataModule(L.LightningDataModule):
+    def __init__(self, cfg: TrackingDataConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        self.train_urls: list[str] = []
+        self.val_urls: list[str] = []
+
+    def _resolve_shards(self) -> tuple[str, str]:
+        if self.cfg.train_shards is not None:
+            return self.cfg.train_shards, self.cfg.val_shards or self.cfg.train_shards
+        return ensure_synthetic_shards(self.cfg.synthetic)
+
+    def prepare_data(self) -> None:
+        self._resolve_shards()  # generates the synthetic cache once per node
+
+    def setup(self, stage: str | None = None) -> None:
+        train, val = self._resolve_shards()
+        self.train_urls, self.val_urls = expand_shards(train), expand_shards(val)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        stream = TrainClipStream(self.train_urls, self.cfg, rank, world)
+        workers = self.cfg.num_workers
+        return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                          prefetch_factor=2 if workers else None)
+
+    def _eval_loader(self) -> DataLoader:
+        dataset = EvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len,
+                            self.cfg.val_num_queries or self.cfg.num_queries)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
+                          num_workers=min(self.cfg.num_workers, len(dataset)))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        batch["video"] = batch["video"].float()
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self.cfg.augment.enabled:
+            batch = augment_tracking_batch(batch, self.cfg.augment, self.cfg.crop_hw)
+        return batch

@@ -1,0 +1,212 @@
+"""tracklight entry point: fit / validate / test / predict from one composed config.
+
+    python train.py                                           # synthetic data, CPU is fine
+    python train.py experiment=cotracker3_kubric trainer.devices=8 data.train_shards=/data/kubric
+    python train.py validate experiment=cotracker3_tapvid_davis model.init_from=scaled_offline.pth
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from configs.loader import ConfigError, load_config
+
+log = logging.getLogger("tracklight")
+
+
+def resolve_precision(precision: str) -> str:
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def resolve_strategy(cfg: DictConfig) -> str:
+    if cfg.trainer.strategy != "auto":
+        return cfg.trainer.strategy
+    devices = cfg.trainer.devices
+    many = (isinstance(devices, int) and devices > 1) or (not isinstance(devices, (int, str)) and len(devices) > 1)
+    many = many or devices == "auto" and torch.cuda.device_count() > 1
+    return "ddp" if many or cfg.trainer.num_nodes > 1 else "auto"
+
+
+def _wandb_mode(cfg: DictConfig) -> str:
+    """Explicit setting, else WANDB_MODE, else online only when an API key is configured."""
+    if cfg.wandb.mode:
+        return cfg.wandb.mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    netrc = Path.home() / ".netrc"
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+    return "online" if has_key else "offline"
+
+
+def _stable_run_id(run_dir: Path) -> str:
+    """Same W&B run across restarts of the same run_dir (resume=auto continues its curves)."""
+    id_file = run_dir / "wandb_run_id.txt"
+    if id_file.is_file():
+        return id_file.read_text().strip()
+    import wandb.util
+
+    run_id = wandb.util.generate_id()
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id)
+    return run_id
+
+
+def build_logger(cfg: DictConfig) -> Logger | bool:
+    run_dir = Path(cfg.run_dir)
+    if cfg.logger == "none":
+        return False
+    if cfg.logger == "csv":
+        return CSVLogger(save_dir=run_dir, name="logs")
+    if cfg.logger == "tensorboard":
+        return TensorBoardLogger(save_dir=run_dir, name="tensorboard")
+    if cfg.logger != "wandb":
+        raise ConfigError(f"logger={cfg.logger!r}; choose wandb, csv, tensorboard or none")
+    mode = _wandb_mode(cfg)
+    import wandb
+
+    settings = wandb.Settings(init_timeout=60, silent=True)
+    kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.name, group=cfg.wandb.group,
+                  tags=list(cfg.wandb.tags), save_dir=str(run_dir), id=_stable_run_id(run_dir),
+                  resume="allow", settings=settings, log_model=False)
+    logger = WandbLogger(mode=mode, **kwargs)
+    if mode == "online" and rank_zero_only.rank == 0:
+        try:
+            _ = logger.experiment  # fail fast here rather than mid-run
+        except Exception as err:  # network or auth problems must never stop training
+            log.warning("W&B online init failed (%s); logging offline instead, sync later with `wandb sync`", err)
+            logger = WandbLogger(mode="offline", **kwargs)
+    return logger
+
+
+def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback]:
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    callbacks: list[Callback] = [
+        # last.ckpt at a fixed step cadence bounds the work lost when a run is killed.
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                        every_n_train_steps=cfg.checkpoint.every_n_steps),
+    ]
+    if cfg.checkpoint.monitor:
+        callbacks.append(ModelCheckpoint(
+            dirpath=ckpt_dir, monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
+            save_top_k=cfg.checkpoint.save_top_k, auto_insert_metric_name=False,
+            filename="step{step:07d}-" + cfg.checkpoint.monitor.replace("/", "_") + "{" + cfg.checkpoint.monitor + ":.4f}",
+        ))
+    if cfg.logger != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks.extend(module.default_callbacks())
+    return callbacks
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    if cfg.data.kind == "tracking":
+        from datamodules.tracking import TrackingDataModule
+
+        return TrackingDataModule(cfg.data, seed=cfg.seed)
+    if cfg.data.kind == "tapvid":
+        from datamodules.tapvid import TapVidDataModule
+
+        return TapVidDataModule(path=cfg.data.path, dataset=cfg.data.dataset, query_mode=cfg.data.query_mode,
+                                resize=tuple(cfg.data.resize), num_workers=cfg.data.num_workers,
+                                max_videos=cfg.data.max_videos)
+    raise ConfigError(f"no DataModule for data.kind={cfg.data.kind!r}")
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    from lightning_modules.registry import FAMILY_MODULES
+
+    return FAMILY_MODULES[cfg.model.family](cfg)
+
+
+def build_trainer(cfg: DictConfig, module: L.LightningModule) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=resolve_strategy(cfg),
+        precision=resolve_precision(t.precision), max_steps=t.max_steps, val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
+        gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=t.num_sanity_val_steps,
+        deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
+        logger=build_logger(cfg), callbacks=build_callbacks(cfg, module), default_root_dir=cfg.run_dir,
+    )
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("resume=auto: continuing from %s", last)
+            return str(last)
+        log.info("resume=auto: no %s yet, starting fresh", last)
+        return None
+    if not Path(cfg.resume).is_file():
+        raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
+    return cfg.resume
+
+
+@rank_zero_only
+def save_resolved_config(cfg: DictConfig) -> None:
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "config.yaml.tmp"
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(run_dir / "config.yaml")
+
+
+@rank_zero_only
+def print_results(results: list[dict[str, float]], title: str) -> None:
+    for i, metrics in enumerate(results):
+        print(f"\n{title} (dataloader {i})" if len(results) > 1 else f"\n{title}")
+        width = max((len(k) for k in metrics), default=0)
+        for key, value in sorted(metrics.items()):
+            print(f"  {key:<{width}}  {value:8.4f}")
+
+
+def run(argv: list[str]) -> object:
+    command, cfg = load_config(argv)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    module = build_module(cfg)
+    datamodule = build_datamodule(cfg)
+    trainer = build_trainer(cfg, module)
+    save_resolved_config(cfg)
+    if command == "fit":
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg))
+        return trainer
+    if cfg.ckpt is not None and not Path(cfg.ckpt).is_file():
+        raise ConfigError(f"ckpt={cfg.ckpt!r}: no such checkpoint file")
+    if command == "predict":
+        return trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt)
+    evaluate = trainer.validate if command == "validate" else trainer.test
+    results = evaluate(module, datamodule=datamodule, ckpt_path=cfg.ckpt)
+    print_results(results, f"{command} results ({cfg.name})")
+    return results
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(sys.argv[1:])
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
