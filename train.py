@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.checkpointing import LastCheckpoint
 from configs.loader import ConfigError, load_config
 
 log = logging.getLogger("tracklight")
@@ -97,8 +98,7 @@ def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
     callbacks: list[Callback] = [
         # last.ckpt at a fixed step cadence bounds the work lost when a run is killed.
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                        every_n_train_steps=cfg.checkpoint.every_n_steps),
+        LastCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint.every_n_steps),
     ]
     if cfg.checkpoint.monitor:
         callbacks.append(ModelCheckpoint(
@@ -113,17 +113,9 @@ def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    if cfg.data.kind == "tracking":
-        from datamodules.tracking import TrackingDataModule
+    from datamodules.registry import DATAMODULE_FACTORIES
 
-        return TrackingDataModule(cfg.data, seed=cfg.seed)
-    if cfg.data.kind == "tapvid":
-        from datamodules.tapvid import TapVidDataModule
-
-        return TapVidDataModule(path=cfg.data.path, dataset=cfg.data.dataset, query_mode=cfg.data.query_mode,
-                                resize=tuple(cfg.data.resize), num_workers=cfg.data.num_workers,
-                                max_videos=cfg.data.max_videos)
-    raise ConfigError(f"no DataModule for data.kind={cfg.data.kind!r}")
+    return DATAMODULE_FACTORIES[cfg.data.kind](cfg)
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationToMissingValueError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from configs.schema import DATA_KINDS, MODEL_FAMILIES, RootConfig
 
@@ -75,6 +82,8 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig) -> ConfigError:
         close = difflib.get_close_matches(full_key, valid, n=1, cutoff=0.5)
         hint = f"; closest valid key: {close[0]!r}" if close else ""
         return ConfigError(f"unknown config key {full_key!r}{hint}")
+    if isinstance(err, (InterpolationToMissingValueError, MissingMandatoryValue)):
+        return ConfigError(f"required config key {full_key!r} is not set (pass {full_key}=...)")
     if isinstance(err, ValidationError):
         return ConfigError(f"bad value for config key {full_key!r}: {err.msg if hasattr(err, 'msg') else err}")
     return ConfigError(f"config error at {full_key!r}: {err}")
@@ -93,8 +102,11 @@ def _typed_section(raw: DictConfig, section: str, key: str, registry: dict[str, 
 
 def load_config(argv: list[str], config_dir: Path = CONFIG_DIR) -> tuple[str, DictConfig]:
     """Return (command, resolved config) for a train.py command line."""
-    import lightning_modules  # noqa: F401  registers every model family
+    from datamodules.registry import load_datamodules
+    from lightning_modules.registry import load_families
 
+    load_families()
+    load_datamodules()
     command, overrides = _split_argv(argv)
     cli = OmegaConf.from_dotlist(overrides)
     chosen_groups = {g: str(cli.pop(g)) for g in GROUPS if g in cli and not isinstance(cli[g], DictConfig)}

@@ -131,10 +131,15 @@ class RootConfig:
     data: Any = None  # replaced by the data kind's dataclass, see DATA_KINDS
 
 
-DATA_KINDS: dict[str, type] = {"tracking": TrackingDataConfig, "tapvid": TapVidDataConfig}
+DATA_KINDS: dict[str, type] = {}
 MODEL_FAMILIES: dict[str, type] = {}
 
 
 def register_model_family(name: str, config_cls: type) -> None:
-    """Families add their model-section dataclass here (called from their LightningModule file)."""
+    """Families add their model-section dataclass here (see lightning_modules/registry.py)."""
     MODEL_FAMILIES[name] = config_cls
+
+
+def register_data_kind(name: str, config_cls: type) -> None:
+    """Data kinds add their data-section dataclass here (see datamodules/registry.py)."""
+    DATA_KINDS[name] = config_cls

@@ -51,8 +51,9 @@ def ensure_synthetic_shards(cfg: object) -> tuple[str, str]:
         gen_cfg = SyntheticConfig(height=settings["height"], width=settings["width"],
                                   num_frames=settings["num_frames"], num_tracks=settings["num_tracks"])
         seed0, n_train, n_val = settings["seed"], settings["num_train_clips"], settings["num_val_clips"]
-        write_synthetic_shards(tmp / "train", "train", range(seed0, seed0 + n_train), gen_cfg,
-                               settings["clips_per_shard"])
+        # At least 16 training shards so ranks x workers always get disjoint subsets.
+        per_shard = max(1, min(settings["clips_per_shard"], n_train // 16))
+        write_synthetic_shards(tmp / "train", "train", range(seed0, seed0 + n_train), gen_cfg, per_shard)
         val_seeds = range(seed0 + n_train, seed0 + n_train + n_val)
         write_synthetic_shards(tmp / "val", "val", val_seeds, gen_cfg, settings["clips_per_shard"])
         (tmp / "settings.json").write_text(json.dumps(settings, indent=2))

@@ -39,8 +39,12 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from configs.schema import TapVidDataConfig
+from datamodules.registry import register_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -349,3 +353,10 @@ class TapVidDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._dataloader()
+
+
+@register_datamodule("tapvid", TapVidDataConfig)
+def build_tapvid_datamodule(cfg: DictConfig) -> TapVidDataModule:
+    d = cfg.data
+    return TapVidDataModule(path=d.path, dataset=d.dataset, query_mode=d.query_mode, resize=tuple(d.resize),
+                            num_workers=d.num_workers, max_videos=d.max_videos)

@@ -9,9 +9,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from configs.schema import TrackingDataConfig
+from datamodules.registry import register_datamodule
 from datamodules.augment import augment_tracking_batch
 from datamodules.clip_sampling import TooFewTracks, cut_eval_sample, cut_training_sample
 from datamodules.shard_reader import SkipCounter, iter_shard
@@ -164,3 +166,8 @@ class TrackingDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training and self.cfg.augment.enabled:
             batch = augment_tracking_batch(batch, self.cfg.augment, self.cfg.crop_hw)
         return batch
+
+
+@register_datamodule("tracking", TrackingDataConfig)
+def build_tracking_datamodule(cfg: DictConfig) -> TrackingDataModule:
+    return TrackingDataModule(cfg.data, seed=cfg.seed)

@@ -1,7 +1,14 @@
-"""Model families: name -> LightningModule class, with their config dataclass in the schema."""
+"""Model families: name -> LightningModule class, with their config dataclass in the schema.
+
+A family registers itself with `@register_family(name, ConfigDataclass)` in its own module
+under `lightning_modules/`; `load_families()` imports every module of the package, so adding
+a family never means editing a central list.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 
 from configs.schema import register_model_family
@@ -18,3 +25,11 @@ def register_family(name: str, config_cls: type) -> Callable[[type], type]:
         return module_cls
 
     return decorate
+
+
+def load_families() -> dict[str, type]:
+    import lightning_modules
+
+    for info in pkgutil.iter_modules(lightning_modules.__path__):
+        importlib.import_module(f"lightning_modules.{info.name}")
+    return FAMILY_MODULES

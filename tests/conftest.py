@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Tests use tiny tensors: extra intra-op threads only add contention on small CI machines.
+torch.set_num_threads(1)
 os.environ.setdefault("WANDB_SILENT", "true")
 
 from datamodules.shards import ShardWriter  # noqa: E402

@@ -109,7 +109,7 @@ def test_datamodule_generates_synthetic_cache_once(tmp_path):
     dm = TrackingDataModule(cfg)
     dm.prepare_data()
     dm.setup("fit")
-    assert len(dm.train_urls) == 2 and len(dm.val_urls) == 1
+    assert len(dm.train_urls) == 4 and len(dm.val_urls) == 1  # one clip per shard: >= 16 shards wanted
     (cache,) = list(tmp_path.glob("synthetic-*"))
     stamp = (cache / "DONE").stat().st_mtime_ns
     dm.prepare_data()
