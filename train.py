@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.checkpointing import LastCheckpoint
+from callbacks.prediction_writer import NpzPredictionWriter
 from configs.loader import ConfigError, load_config
 
 log = logging.getLogger("tracklight")
@@ -58,9 +60,7 @@ def _stable_run_id(run_dir: Path) -> str:
     id_file = run_dir / "wandb_run_id.txt"
     if id_file.is_file():
         return id_file.read_text().strip()
-    import wandb.util
-
-    run_id = wandb.util.generate_id()
+    run_id = secrets.token_hex(4)
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
@@ -184,7 +184,11 @@ def run(argv: list[str]) -> object:
     if cfg.ckpt is not None and not Path(cfg.ckpt).is_file():
         raise ConfigError(f"ckpt={cfg.ckpt!r}: no such checkpoint file")
     if command == "predict":
-        return trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt)
+        out_dir = Path(cfg.run_dir) / "predictions"
+        trainer.callbacks.append(NpzPredictionWriter(out_dir))
+        trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt, return_predictions=False)
+        log.info("predictions written to %s", out_dir)
+        return out_dir
     evaluate = trainer.validate if command == "validate" else trainer.test
     results = evaluate(module, datamodule=datamodule, ckpt_path=cfg.ckpt)
     print_results(results, f"{command} results ({cfg.name})")

@@ -17,7 +17,7 @@ from datamodules.registry import register_datamodule
 from datamodules.augment import augment_tracking_batch
 from datamodules.clip_sampling import TooFewTracks, cut_eval_sample, cut_training_sample
 from datamodules.shard_reader import SkipCounter, iter_shard
-from datamodules.shards import decode_clip, expand_shards
+from datamodules.shards import Clip, decode_clip, expand_shards
 from datamodules.synthetic_shards import ensure_synthetic_shards
 
 log = logging.getLogger(__name__)
@@ -85,15 +85,17 @@ class TrainClipStream(IterableDataset):
             raw = buffer.pop(int(rng.integers(len(buffer))))
             clip = decode_clip(raw)  # schema violations stop training with the file named
             try:
-                yield cut_training_sample(
-                    clip, self.cfg.clip_len, self.cfg.num_queries, self.cfg.random_query_fraction, rng
-                )
+                yield self.cut_sample(clip, rng)
             except TooFewTracks as err:
                 skips.too_few_tracks += 1
                 log.debug("skipping clip: %s", err)
-            except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for corrupt JPEG data
+            except (OSError, SyntaxError) as err:  # PIL's errors for corrupt JPEG data
                 skips.corrupt += 1
                 log.warning("skipping corrupt sample %s in %s: %s", clip.key, clip.source_url, err)
+
+    def cut_sample(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """One fixed-shape training sample from a stored clip (subclasses cut other sample kinds)."""
+        return cut_training_sample(clip, self.cfg.clip_len, self.cfg.num_queries, self.cfg.random_query_fraction, rng)
 
 
 class EvalClips(Dataset):
@@ -158,6 +160,9 @@ class TrackingDataModule(L.LightningDataModule):
         return self._eval_loader()
 
     def test_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def predict_dataloader(self) -> DataLoader:
         return self._eval_loader()
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:

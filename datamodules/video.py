@@ -1,0 +1,162 @@
+"""VideoDataModule: fixed-length clips with per-pixel depth and point tracks, for video models.
+
+Shards follow ``datamodules/shards.py`` and must carry ``depth.npz`` (``depth`` or disparity per
+``meta.depth_kind``, plus the validity mask) and tracks (ground truth, or pre-extracted by
+``tools/extract_tracks.py``). Streaming, the DDP/worker shard split and the validation set
+reuse :class:`TrainClipStream` / :class:`EvalClips`; augmentation reuses the tracking one, which
+moves tracks and depth with the frames.
+
+Batch keys: ``video`` (B, T, 3, H, W) 0..255, ``depth`` (B, T, 1, H, W), ``depth_valid`` bool,
+``tracks`` (B, T, M, 2), ``visible`` (B, T, M), ``queries`` (B, M, 3) (each track's first visible
+frame; the augmentation re-queries them), ``valid`` (B, T, M), ``clip_id``. M tracks are a random
+subset per training clip (a fixed one per validation clip); clips with fewer tracks are padded
+with never-visible tracks, which Tracktention ignores.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from configs.schema import AugmentConfig, SyntheticDataConfig
+from datamodules.augment import augment_tracking_batch
+from datamodules.clip_sampling import TooFewTracks, clip_id
+from datamodules.registry import register_datamodule
+from datamodules.shards import Clip, decode_clip, expand_shards
+from datamodules.synthetic_shards import ensure_synthetic_shards
+from datamodules.tracking import EvalClips, TrainClipStream
+
+log = logging.getLogger(__name__)
+
+
+def _depth_augment() -> AugmentConfig:
+    # No occluder boxes (the depth under a painted box would be wrong) and no vertical flips
+    # (upside-down scenes are not a depth prior worth learning).
+    return AugmentConfig(flip_v_p=0.0, occluder_p=0.0)
+
+
+@dataclass
+class VideoDataConfig:
+    kind: str = "video"
+    train_shards: Optional[str] = None  # None -> the embedded synthetic data (GT depth + GT tracks)
+    val_shards: Optional[str] = None
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    clip_len: int = 16
+    num_tracks: int = 576  # M tracks per clip given to the model
+    crop_hw: Optional[list[int]] = None  # training crop (H, W); multiples of 14 unless the model resizes
+    val_clip_len: Optional[int] = None  # None -> clip_len
+    max_depth: float = 80.0  # evaluation clip range (metres for metric ground truth)
+    batch_size: int = 1
+    num_workers: int = 2
+    shuffle_buffer: int = 8
+    batches_per_epoch: int = 500
+    augment: AugmentConfig = field(default_factory=_depth_augment)
+
+
+def cut_video_sample(clip: Clip, start: int, clip_len: int, num_tracks: int,
+                     rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Frames start..start+clip_len with depth and `num_tracks` random tracks visible somewhere in the window."""
+    if clip.depth is None:
+        raise ValueError(f"clip {clip.key} in {clip.source_url} has no depth.npz; video depth needs depth")
+    if clip.num_frames < clip_len:
+        raise TooFewTracks(f"clip {clip.key} has {clip.num_frames} frames < clip_len {clip_len}")
+    window = slice(start, start + clip_len)
+    visible = clip.visible[window]
+    seen = np.flatnonzero(visible.any(axis=0))
+    chosen = np.sort(rng.choice(seen, size=min(num_tracks, len(seen)), replace=False))
+    tracks = np.zeros((clip_len, num_tracks, 2), np.float32)
+    vis = np.zeros((clip_len, num_tracks), bool)
+    tracks[:, : len(chosen)] = clip.tracks[window][:, chosen]
+    vis[:, : len(chosen)] = visible[:, chosen]
+    first = vis.argmax(axis=0)
+    xy = tracks[first, np.arange(num_tracks)]
+    queries = np.concatenate([first[:, None].astype(np.float32), xy], axis=1)
+    kind = clip.meta.get("depth_kind", "depth")
+    return {
+        "video": clip.decode_frames(range(start, start + clip_len)).permute(0, 3, 1, 2),
+        "depth": torch.from_numpy(np.ascontiguousarray(clip.depth[window])).unsqueeze(1),
+        "depth_valid": torch.from_numpy(np.ascontiguousarray(clip.depth_valid[window])).unsqueeze(1),
+        "is_disparity": torch.tensor(kind == "disparity"),
+        "tracks": torch.from_numpy(tracks),
+        "visible": torch.from_numpy(vis),
+        "queries": torch.from_numpy(queries),
+        "valid": torch.from_numpy(np.broadcast_to(vis.any(axis=0), vis.shape).copy()),
+        "clip_id": torch.tensor(clip_id(clip.key)),
+    }
+
+
+class VideoClipStream(TrainClipStream):
+    """TrainClipStream (shard split, shuffling, fixed batches per epoch) cutting depth clips."""
+
+    def cut_sample(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        start = int(rng.integers(0, max(clip.num_frames - self.cfg.clip_len, 0) + 1))
+        return cut_video_sample(clip, start, self.cfg.clip_len, self.cfg.num_tracks, rng)
+
+
+class VideoEvalClips(EvalClips):
+    """EvalClips (whole validation set in memory, map-style) cutting depth clips from frame 0."""
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        clip = decode_clip(self.raw[index])
+        return cut_video_sample(clip, 0, min(self.clip_len, clip.num_frames), self.num_queries,
+                                np.random.default_rng(index))
+
+
+class VideoDataModule(L.LightningDataModule):
+    def __init__(self, cfg: VideoDataConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        self.train_urls: list[str] = []
+        self.val_urls: list[str] = []
+
+    def _resolve_shards(self) -> tuple[str, str]:
+        if self.cfg.train_shards is not None:
+            return self.cfg.train_shards, self.cfg.val_shards or self.cfg.train_shards
+        return ensure_synthetic_shards(self.cfg.synthetic)
+
+    def prepare_data(self) -> None:
+        self._resolve_shards()
+
+    def setup(self, stage: str | None = None) -> None:
+        train, val = self._resolve_shards()
+        self.train_urls, self.val_urls = expand_shards(train), expand_shards(val)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        workers = self.cfg.num_workers
+        return DataLoader(VideoClipStream(self.train_urls, self.cfg, rank, world), batch_size=None,
+                          num_workers=workers, prefetch_factor=2 if workers else None)
+
+    def _eval_loader(self) -> DataLoader:
+        dataset = VideoEvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len, self.cfg.num_tracks)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
+                          num_workers=min(self.cfg.num_workers, len(dataset)))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        batch["video"] = batch["video"].float()
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self.cfg.augment.enabled:
+            batch = augment_tracking_batch(batch, self.cfg.augment, self.cfg.crop_hw)
+        return batch
+
+
+@register_datamodule("video", VideoDataConfig)
+def build_video_datamodule(cfg: DictConfig) -> VideoDataModule:
+    return VideoDataModule(cfg.data, seed=cfg.seed)

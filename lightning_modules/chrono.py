@@ -1,0 +1,150 @@
+"""Chrono family: frozen DINOv2 + temporal adapters trained with the reference `tapir_loss`.
+
+Evaluation (TAP-Vid metrics, zero-motion baseline, media clip, predict) and the non-finite
+loss skip are the joint tracker's (`TrackerModule`); this module supplies the model, the loss
+and the optimiser.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.registry import register_family
+from lightning_modules.tracker import TrackerModule
+from metrics.tapvid import TapVidMetrics
+from models.chrono import Chrono, ChronoConfig, ChronoOutput
+from models.dinov2 import load_dinov2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChronoLossConfig:
+    """cvlab-kaist/Chrono `model_utils.tapir_loss` with its defaults."""
+
+    position_weight: float = 0.05
+    huber_delta: float = 4.0  # pixels of a 256x256 frame
+    expected_dist_threshold: float = 6.0  # pixels of a 256x256 frame
+    # The reference adds every term twice (for `tracks` and again for its one `unrefined_tracks`
+    # copy); 2.0 reproduces its gradient scale, which matters with clipping at norm 1.0.
+    repeats: float = 2.0
+
+
+@dataclass
+class ChronoModelConfig:
+    family: str = "chrono"
+    arch: ChronoConfig = field(default_factory=ChronoConfig)
+    # false trains DINOv2 too: only for the CPU demo with a random tiny backbone.
+    freeze_backbone: bool = True
+    backbone_weights: Optional[str] = None  # official dinov2_vit*14_pretrain.pth
+    init_from: Optional[str] = None  # released Chrono Lightning .ckpt (chrono_base.ckpt, ...)
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_pct: float = 0.003  # OneCycle pct_start
+    loss: ChronoLossConfig = field(default_factory=ChronoLossConfig)
+    max_consecutive_nonfinite: int = 20  # skipped NaN/Inf steps in a row before training stops
+
+
+def chrono_loss(out: ChronoOutput, batch: dict[str, torch.Tensor], w: ChronoLossConfig) -> dict[str, torch.Tensor]:
+    """Reference `tapnet_loss` terms (times `repeats`) on our batch layout.
+
+    Positions are compared in a 256x256 frame. Per (b, t, n) entry:
+      position   = 0.05 * Huber_delta(sqrt(|e|^2 + 1e-6)) * visible
+      occlusion  = BCE(occ_logit, occluded)
+      expected   = BCE(expd_logit, |e_detached|^2 > 6^2) * visible
+    each averaged over the annotated (`valid`) entries; with every entry valid this is the
+    reference's plain mean over (B, N, T), occluded entries counting as zeros.
+    """
+    tracks, gt = out.tracks, batch["tracks"]
+    h, w_ = batch["video"].shape[-2:]
+    scale = gt.new_tensor([256.0 / w_, 256.0 / h])
+    err = (tracks - gt) * scale
+    sq = (err**2).sum(-1)
+    dist = torch.sqrt(sq + 1e-6)
+    d = w.huber_delta
+    huber = torch.where(dist < d, sq / 2, d * (dist - d / 2))
+    valid = batch["valid"].to(sq.dtype)
+    visible = batch["visible"].to(sq.dtype) * valid
+    count = valid.sum().clamp_min(1.0)
+    position = w.position_weight * (huber * visible).sum() / count
+    occluded = 1.0 - batch["visible"].to(out.occlusion_logits.dtype)
+    occlusion_bce = F.binary_cross_entropy_with_logits(out.occlusion_logits, occluded, reduction="none")
+    occlusion = (occlusion_bce * valid).sum() / count
+    far = ((err.detach() ** 2).sum(-1) > w.expected_dist_threshold**2).to(sq.dtype)
+    expected_bce = F.binary_cross_entropy_with_logits(out.expected_dist_logits, far, reduction="none")
+    expected = (expected_bce * visible).sum() / count
+    terms = {"position": position, "occlusion": occlusion, "expected_dist": expected}
+    terms["loss"] = w.repeats * (position + occlusion + expected)
+    return terms
+
+
+def build_chrono(m: DictConfig) -> Chrono:
+    """The network from the model config, with DINOv2 and/or Chrono weights loaded strictly."""
+    arch: ChronoConfig = OmegaConf.to_object(m.arch)
+    backbone = None
+    if m.backbone_weights:
+        backbone = load_dinov2(m.backbone_weights, arch=arch.backbone, num_register_tokens=arch.num_register_tokens,
+                               embed_dim=arch.embed_dim, depth=arch.depth, num_heads=arch.num_heads,
+                               img_size=arch.backbone_img_size, patch_size=arch.patch_size)
+        log.info("loaded DINOv2 %s from %s", arch.backbone, m.backbone_weights)
+    model = Chrono(arch, backbone=backbone, freeze_backbone=m.freeze_backbone)
+    if m.init_from:
+        model.load_chrono_checkpoint(m.init_from)
+        log.info("initialised Chrono from %s", m.init_from)
+    return model
+
+
+@register_family("chrono", ChronoModelConfig)
+class ChronoModule(TrackerModule):
+    def __init__(self, cfg: DictConfig | dict) -> None:
+        # TrackerModule.__init__ builds a CoTracker; only its evaluation / logging half is reused.
+        L.LightningModule.__init__(self)
+        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+        self.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
+        self.cfg = cfg
+        self.model = build_chrono(cfg.model)
+        self.loss_cfg = ChronoLossConfig(**OmegaConf.to_container(cfg.model.loss))
+        self.query_mode = cfg.data.query_mode if cfg.data.kind == "tapvid" else "first"
+        self.val_metrics = TapVidMetrics(self.query_mode)
+        self.zero_motion_metrics = TapVidMetrics(self.query_mode)
+        self.consecutive_nonfinite = 0
+        self.media: dict[str, torch.Tensor] | None = None
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        out = self.model(batch["video"], batch["queries"])
+        terms = chrono_loss(out, batch, self.loss_cfg)
+        self.last_loss_terms = {k: v.detach() for k, v in terms.items()}
+        if not self._all_ranks_finite(terms["loss"]):
+            return None
+        size = batch["video"].shape[0]
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=size)
+        for key in ("position", "occlusion", "expected_dist"):
+            self.log(f"train/loss_{key}", terms[key], batch_size=size)
+        return terms["loss"]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        m = self.cfg.model
+        # A frozen DINOv2 has requires_grad False, so only adapters + occlusion head are optimised.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=m.lr, weight_decay=m.weight_decay)
+        # Reference: OneCycleLR(max_lr=lr, pct_start, total_steps=max_steps) with PyTorch's
+        # defaults (cosine, div 25, final div 1e4, momentum cycled 0.85 <-> 0.95).
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=m.lr, total_steps=max(int(self.trainer.estimated_stepping_batches), 1),
+            pct_start=m.warmup_pct)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def predictor(self) -> Chrono:
+        """Chrono needs no wrapper: the network maps (video, queries) to pixel tracks itself."""
+        return self.model
+
+    def predict_tracks(self, video: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(video, queries)
+        return out.tracks, out.visible

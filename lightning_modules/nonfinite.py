@@ -1,0 +1,42 @@
+"""Skip NaN/Inf training steps on every rank together; stop after too many in a row."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteGuard:
+    """Mixin for LightningModules: `if not self.all_ranks_finite(loss): return None`.
+
+    All ranks agree (via all_gather) so DDP stays in lockstep: no rank runs backward when any
+    rank's loss is not finite. `max_consecutive_nonfinite` skipped steps in a row raise, so a
+    diverged run stops before a corrupted checkpoint is written.
+    """
+
+    consecutive_nonfinite: int = 0
+    nonfinite_total: int = 0
+
+    def all_ranks_finite(self: L.LightningModule, loss: torch.Tensor, max_consecutive: int) -> bool:
+        finite = torch.isfinite(loss.detach()).float()
+        if self._trainer is not None and self._trainer.world_size > 1:
+            finite = self.all_gather(finite).min()
+        if finite > 0:
+            self.consecutive_nonfinite = 0
+            return True
+        self.consecutive_nonfinite += 1
+        self.nonfinite_total += 1
+        self.log("train/nonfinite_steps_skipped", float(self.nonfinite_total), batch_size=1)
+        log.warning("non-finite loss at step %d: step skipped (%d in a row)", self.global_step,
+                    self.consecutive_nonfinite)
+        if self.consecutive_nonfinite >= max_consecutive:
+            raise RuntimeError(
+                f"{self.consecutive_nonfinite} consecutive non-finite losses (last at step {self.global_step}); "
+                "stopping before any corrupted weights are saved. Lower the learning rate, check the data, "
+                "or resume from the last checkpoint."
+            )
+        return False

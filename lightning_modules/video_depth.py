@@ -1,0 +1,190 @@
+"""Video depth family: Depth Anything V2 + Tracktention fine-tuned on depth clips.
+
+Loss: per-frame SSI + gradient matching + temporal gradient matching (``depth_losses``), in
+disparity. Evaluation: per-video aligned AbsRel / delta1 and track-based temporal consistency
+(``metrics/depth.py``). Tracks come from the batch (ground truth or pre-extracted), or from a
+frozen CoTracker3 run on the fly when ``model.tracker.checkpoint`` is set (metrics still use the
+batch's tracks). Freezing: ``freeze`` prefixes start frozen; ``unfreeze`` stages make them
+trainable at given steps (``callbacks/unfreeze.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.depth_losses import DepthLossWeights, VideoDepthLoss, reciprocal_where_valid
+from lightning_modules.registry import register_family
+from lightning_modules.nonfinite import NonFiniteGuard
+from metrics.depth import VideoDepthMetrics, aligned_depth
+from models.cotracker3 import CoTrackerThreeConfig
+from models.video_depth import TrackPreprocessor, VideoDepthAnything, VideoDepthConfig, build_tracker_predictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnfreezeStage:
+    step: int = 0
+    prefixes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OnTheFlyTrackerConfig:
+    checkpoint: Optional[str] = None  # official CoTracker3 .pth; None = tracks come from the batch
+    arch: CoTrackerThreeConfig = field(default_factory=CoTrackerThreeConfig)
+    num_tracks: int = 576
+    iters: int = 6
+
+
+@dataclass
+class VideoDepthModelConfig:
+    family: str = "video_depth"
+    arch: VideoDepthConfig = field(default_factory=VideoDepthConfig)
+    init_from: Optional[str] = None  # depth_anything_v2_vit*.pth, or a stage-1 .ckpt of this family
+    freeze: list[str] = field(default_factory=lambda: ["image.pretrained."])  # names inside VideoDepthAnything
+    unfreeze: list[UnfreezeStage] = field(default_factory=list)
+    lr: float = 1e-4
+    encoder_lr_scale: float = 0.1  # the pretrained encoder moves slower once unfrozen
+    weight_decay: float = 0.01
+    warmup_pct: float = 0.05
+    loss: DepthLossWeights = field(default_factory=DepthLossWeights)
+    tracker: OnTheFlyTrackerConfig = field(default_factory=OnTheFlyTrackerConfig)
+    max_consecutive_nonfinite: int = 20
+
+
+def depth_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(target disparity, ground-truth depth, valid mask), whatever the shard's depth_kind."""
+    valid = batch["depth_valid"].bool() & (batch["depth"] > 0)
+    stored = reciprocal_where_valid(batch["depth"].float(), valid)  # the other representation
+    is_disp = batch["is_disparity"].view(-1, 1, 1, 1, 1)
+    disparity = torch.where(is_disp, batch["depth"].float(), stored)
+    depth = torch.where(is_disp, stored, batch["depth"].float())
+    return disparity, depth, valid
+
+
+@register_family("video_depth", VideoDepthModelConfig)
+class VideoDepthModule(NonFiniteGuard, L.LightningModule):
+    def __init__(self, cfg: DictConfig | dict) -> None:
+        super().__init__()
+        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+        self.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
+        self.cfg = cfg
+        m = cfg.model
+        self.model = VideoDepthAnything(OmegaConf.to_object(m.arch))
+        if m.init_from:
+            self.model.load_image_weights(m.init_from)
+            log.info("initialised the image model from %s", m.init_from)
+        from callbacks.unfreeze import set_trainable
+
+        set_trainable(self.model, list(m.freeze), False)
+        self.criterion = VideoDepthLoss(DepthLossWeights(**OmegaConf.to_container(m.loss)))
+        self.val_metrics = VideoDepthMetrics(cfg.data.max_depth)
+        # Kept out of the module tree: the frozen tracker is not part of this model's checkpoints.
+        self._tracker: list[TrackPreprocessor] = []
+        if m.tracker.checkpoint:
+            predictor = build_tracker_predictor(OmegaConf.to_container(m.tracker.arch), m.tracker.checkpoint,
+                                                iters=m.tracker.iters)
+            self._tracker.append(TrackPreprocessor(predictor, m.tracker.num_tracks, backward_tracking=True))
+        self.media: dict[str, torch.Tensor] | None = None
+
+    def default_callbacks(self) -> list[L.Callback]:
+        from callbacks.depth_video import DepthVideoLogger
+        from callbacks.unfreeze import StagedUnfreeze
+
+        callbacks: list[L.Callback] = [DepthVideoLogger(self.cfg.wandb.log_media_every_n_validations)]
+        if self.cfg.model.unfreeze:
+            callbacks.append(StagedUnfreeze([(s.step, list(s.prefixes)) for s in self.cfg.model.unfreeze]))
+        return callbacks
+
+    def model_tracks(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Tracks fed to the model: the on-the-fly tracker's, else the batch's; None for an image model."""
+        if self.model.tracktention is None:
+            return None, None
+        if self._tracker:
+            tracker = self._tracker[0].to(batch["video"].device)
+            tracks, visible, _ = tracker(batch["video"])
+            return tracks, visible
+        return batch["tracks"], batch["visible"]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        tracks, visible = self.model_tracks(batch)
+        return self.model(batch["video"], tracks, visible).float()
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        pred = self(batch)
+        target, _, valid = depth_targets(batch)
+        terms = self.criterion(pred, target, valid)
+        # Same lockstep NaN policy as the tracker family (skip on every rank, stop after a run of them).
+        if not self.all_ranks_finite(terms["loss"], self.cfg.model.max_consecutive_nonfinite):
+            return None
+        size = pred.shape[0]
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=size)
+        for key in ("ssi", "gradient", "temporal"):
+            if key in terms:
+                self.log(f"train/loss_{key}", terms[key], batch_size=size)
+        return terms["loss"]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        m = self.cfg.model
+        # Every parameter is registered (frozen ones get no gradient and are skipped), so staged
+        # unfreezing needs no optimiser surgery; the pretrained encoder gets a scaled rate.
+        encoder = [p for n, p in self.model.named_parameters() if n.startswith("image.pretrained.")]
+        rest = [p for n, p in self.model.named_parameters() if not n.startswith("image.pretrained.")]
+        optimizer = torch.optim.AdamW(
+            [{"params": rest, "lr": m.lr}, {"params": encoder, "lr": m.lr * m.encoder_lr_scale}],
+            lr=m.lr, weight_decay=m.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(m.warmup_pct * total))
+
+        def factor(step: int) -> float:  # linear warm-up, cosine decay to 5 %
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def on_validation_epoch_start(self) -> None:
+        self.media = None
+
+    def _evaluate(self, batch: dict[str, torch.Tensor]) -> None:
+        pred = self(batch)
+        _, depth, valid = depth_targets(batch)
+        self.val_metrics.update(pred, depth, valid, batch["tracks"], batch["visible"],
+                                batch.get("intrinsics"), batch.get("poses"))
+        if self.media is None and self.global_rank == 0:
+            v = valid[0, :, 0] & (depth[0, :, 0] < self.cfg.data.max_depth)
+            if v.any():
+                aligned = aligned_depth(pred[0, :, 0].detach(), depth[0, :, 0].double(), v, self.cfg.data.max_depth)
+                self.media = {"video": batch["video"][0].detach().cpu(), "pred_depth": aligned.float().cpu(),
+                              "gt_depth": depth[0, :, 0].cpu(), "valid": v.cpu()}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def _log_metrics(self, stage: str) -> None:
+        for key, value in self.val_metrics.compute().items():  # compute() syncs the sum states
+            self.log(f"{stage}/{key}", value, sync_dist=False)
+        self.val_metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"disparity": self(batch).cpu(), "clip_id": batch["clip_id"].cpu()}
