@@ -1,8 +1,8 @@
 """Chrono family: frozen DINOv2 + temporal adapters trained with the reference `tapir_loss`.
 
 Evaluation (TAP-Vid metrics, zero-motion baseline, media clip, predict) and the non-finite
-loss skip are the joint tracker's (`TrackerModule`); this module supplies the model, the loss
-and the optimiser.
+loss skip are shared with every point tracker (`PointTrackingModule`); this module supplies
+the model, the loss and the optimiser.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_modules.point_tracking import PointTrackingModule
 from lightning_modules.registry import register_family
-from lightning_modules.tracker import TrackerModule
-from metrics.tapvid import TapVidMetrics
 from models.chrono import Chrono, ChronoConfig, ChronoOutput
 from models.dinov2 import load_dinov2
 
@@ -102,31 +100,19 @@ def build_chrono(m: DictConfig) -> Chrono:
 
 
 @register_family("chrono", ChronoModelConfig)
-class ChronoModule(TrackerModule):
+class ChronoModule(PointTrackingModule):
     def __init__(self, cfg: DictConfig | dict) -> None:
-        # TrackerModule.__init__ builds a CoTracker; only its evaluation / logging half is reused.
-        L.LightningModule.__init__(self)
-        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-        self.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
-        self.cfg = cfg
-        self.model = build_chrono(cfg.model)
-        self.loss_cfg = ChronoLossConfig(**OmegaConf.to_container(cfg.model.loss))
-        self.query_mode = cfg.data.query_mode if cfg.data.kind == "tapvid" else "first"
-        self.val_metrics = TapVidMetrics(self.query_mode)
-        self.zero_motion_metrics = TapVidMetrics(self.query_mode)
-        self.consecutive_nonfinite = 0
-        self.media: dict[str, torch.Tensor] | None = None
+        super().__init__(cfg)
+        self.model = build_chrono(self.cfg.model)
+        self.loss_cfg = ChronoLossConfig(**OmegaConf.to_container(self.cfg.model.loss))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model(batch["video"], batch["queries"])
         terms = chrono_loss(out, batch, self.loss_cfg)
         self.last_loss_terms = {k: v.detach() for k, v in terms.items()}
-        if not self._all_ranks_finite(terms["loss"]):
+        if not self.all_ranks_finite(terms["loss"], self.cfg.model.max_consecutive_nonfinite):
             return None
-        size = batch["video"].shape[0]
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=size)
-        for key in ("position", "occlusion", "expected_dist"):
-            self.log(f"train/loss_{key}", terms[key], batch_size=size)
+        self.log_loss_terms(terms, batch["video"].shape[0])
         return terms["loss"]
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -140,10 +126,6 @@ class ChronoModule(TrackerModule):
             optimizer, max_lr=m.lr, total_steps=max(int(self.trainer.estimated_stepping_batches), 1),
             pct_start=m.warmup_pct)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def predictor(self) -> Chrono:
-        """Chrono needs no wrapper: the network maps (video, queries) to pixel tracks itself."""
-        return self.model
 
     def predict_tracks(self, video: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(video, queries)

@@ -6,14 +6,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.nonfinite import NonFiniteGuard
+from lightning_modules.point_tracking import PointTrackingModule
 from lightning_modules.registry import register_family
 from lightning_modules.tracker_loss import LossWeights, tracker_loss
-from metrics.tapvid import TapVidMetrics
 from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
 from models.cotracker3_predictor import CoTrackerThreePredictor
 
@@ -41,30 +39,17 @@ class TrackerModelConfig:
     max_consecutive_nonfinite: int = 20  # skipped NaN/Inf steps in a row before training stops
 
 
-def to_metric_space(points: torch.Tensor, hw: tuple[int, int], size: int = 256) -> torch.Tensor:
-    """Map pixel coordinates of an (H, W) frame to the benchmark's size x size frame (centres at integers)."""
-    scale = points.new_tensor([size / hw[1], size / hw[0]])
-    return (points + 0.5) * scale - 0.5
-
-
 @register_family("cotracker3", TrackerModelConfig)
-class TrackerModule(NonFiniteGuard, L.LightningModule):
+class TrackerModule(PointTrackingModule):
     def __init__(self, cfg: DictConfig | dict) -> None:
-        super().__init__()
-        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-        self.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
-        self.cfg = cfg
-        m = cfg.model
+        super().__init__(cfg)
+        m = self.cfg.model
         self.model = CoTrackerThree(OmegaConf.to_object(m.arch))
         if m.init_from:
             self.model.load_official(m.init_from)
             log.info("initialised the tracker from %s", m.init_from)
         self._freeze(list(m.freeze))
         self.loss_weights = LossWeights(**OmegaConf.to_container(m.loss))
-        self.query_mode = cfg.data.query_mode if cfg.data.kind == "tapvid" else "first"
-        self.val_metrics = TapVidMetrics(self.query_mode)
-        self.zero_motion_metrics = TapVidMetrics(self.query_mode)
-        self.media: dict[str, torch.Tensor] | None = None  # one validation clip for the media callback
 
     def _freeze(self, prefixes: list[str]) -> None:
         names = [n for n, _ in self.model.named_parameters()]
@@ -75,12 +60,6 @@ class TrackerModule(NonFiniteGuard, L.LightningModule):
             if any(name.startswith(p) for p in prefixes):
                 param.requires_grad_(False)
 
-    def default_callbacks(self) -> list[L.Callback]:
-        from callbacks.data_health import DataHealthLogger
-        from callbacks.track_video import TrackVideoLogger
-
-        return [DataHealthLogger(), TrackVideoLogger(self.cfg.wandb.log_media_every_n_validations)]
-
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         windows = self.model.forward_train(batch["video"], batch["queries"], iters=self.cfg.model.train_iters)
@@ -89,10 +68,7 @@ class TrackerModule(NonFiniteGuard, L.LightningModule):
         self.last_loss_terms = {k: v.detach() for k, v in terms.items()}
         if not self.all_ranks_finite(terms["loss"], self.cfg.model.max_consecutive_nonfinite):
             return None
-        size = batch["video"].shape[0]
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=size)
-        for key in ("visible", "occluded", "visibility", "confidence"):
-            self.log(f"train/loss_{key}", terms[key], batch_size=size)
+        self.log_loss_terms(terms, batch["video"].shape[0])
         return terms["loss"]
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -118,51 +94,3 @@ class TrackerModule(NonFiniteGuard, L.LightningModule):
             backward = self.model.config.variant == "online" and self.query_mode == "strided"
         out = self.predictor()(video, queries, backward_tracking=backward)
         return out.tracks, out.visible
-
-    def on_validation_epoch_start(self) -> None:
-        self.media = None
-
-    def _evaluate(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        video, queries = batch["video"], batch["queries"]
-        tracks, visible = self.predict_tracks(video, queries)
-        hw = tuple(video.shape[-2:])
-        gt_tracks, gt_visible, valid = batch["tracks"], batch["visible"], batch["valid"]
-        self.val_metrics.update(to_metric_space(tracks, hw), visible, to_metric_space(gt_tracks, hw), gt_visible,
-                                queries, valid)
-        # Zero-motion baseline: every point stays at its query position, always visible.
-        still = queries[:, None, :, 1:].expand_as(gt_tracks)
-        self.zero_motion_metrics.update(to_metric_space(still, hw), torch.ones_like(gt_visible),
-                                        to_metric_space(gt_tracks, hw), gt_visible, queries, valid)
-        if self.media is None and self.global_rank == 0:
-            self.media = {"video": video[0].detach().cpu(), "pred_tracks": tracks[0].cpu(),
-                          "pred_visible": visible[0].cpu(), "gt_tracks": gt_tracks[0].cpu(),
-                          "gt_visible": gt_visible[0].cpu()}
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx)
-
-    def _log_metrics(self, stage: str) -> None:
-        # compute() syncs sum states across ranks; every rank calls it.
-        values = self.val_metrics.compute()
-        baseline = self.zero_motion_metrics.compute()
-        for key in ("aj", "delta_avg", "oa"):
-            self.log(f"{stage}/{key}", values[key], sync_dist=False)
-            self.log(f"{stage}/zero_motion_{key}", baseline[key], sync_dist=False)
-        for key, value in values.items():
-            if key.startswith(("jaccard_", "pts_within_")):
-                self.log(f"{stage}/{key}", value, sync_dist=False)
-        self.val_metrics.reset()
-        self.zero_motion_metrics.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
-
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        tracks, visible = self.predict_tracks(batch["video"], batch["queries"])
-        return {"tracks": tracks.cpu(), "visible": visible.cpu(), "queries": batch["queries"].cpu()}

@@ -3,7 +3,8 @@ import torch
 
 from configs.loader import load_config
 from datamodules.tracking import EvalClips
-from lightning_modules.tracker import TrackerModule, to_metric_space
+from lightning_modules.point_tracking import to_metric_space
+from lightning_modules.tracker import TrackerModule
 from models.checkpoint_io import CheckpointMismatchError
 from tests.tiny_run import TINY_MODEL
 
