@@ -46,6 +46,8 @@ def resolve_strategy(cfg: DictConfig) -> str:
 
 def _wandb_mode(cfg: DictConfig) -> str:
     """Explicit setting, else WANDB_MODE, else online only when an API key is configured."""
+    if os.environ.get("WANDB_MODE") == "":
+        del os.environ["WANDB_MODE"]  # wandb rejects an empty mode; treat it as unset
     if cfg.wandb.mode:
         return cfg.wandb.mode
     if os.environ.get("WANDB_MODE"):

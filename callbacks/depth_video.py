@@ -8,14 +8,10 @@ invalid ground-truth pixels are black.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.video_io import write_mp4
+from callbacks.media import ValidationVideoLogger
 
 # Anchor colours of the 'magma' colour map (0 -> 1), interpolated linearly.
 _MAGMA = torch.tensor([
@@ -53,33 +49,11 @@ def depth_panel(video: torch.Tensor, pred_depth: torch.Tensor, gt_depth: torch.T
     return panel
 
 
-class DepthVideoLogger(L.Callback):
-    """After validation, write one clip (input | prediction | ground truth) to `<run_dir>/media/`."""
+class DepthVideoLogger(ValidationVideoLogger):
+    """One validation clip (input | prediction | ground truth), as `val/depth_video`."""
 
-    def __init__(self, every_n_validations: int = 1, fps: float = 8.0) -> None:
-        self.every = max(1, every_n_validations)
-        self.fps = fps
-        self.count = 0
+    name = "depth"
+    summaries = {"val/abs_rel": "min", "val/track_tae": "min", "val/tae": "min", "val/delta1": "max"}
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and isinstance(trainer.logger, WandbLogger):
-            experiment = trainer.logger.experiment
-            if hasattr(experiment, "define_metric"):
-                for key in ("val/abs_rel", "val/track_tae", "val/tae"):
-                    experiment.define_metric(key, summary="min")
-                experiment.define_metric("val/delta1", summary="max")
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        media = getattr(pl_module, "media", None)
-        if not trainer.is_global_zero or media is None or trainer.sanity_checking:
-            return
-        self.count += 1
-        if (self.count - 1) % self.every:
-            return
-        path = Path(trainer.default_root_dir) / "media" / f"depth_step{trainer.global_step:07d}.mp4"
-        write_mp4(path, depth_panel(media["video"], media["pred_depth"], media["gt_depth"], media["valid"]), self.fps)
-        if isinstance(trainer.logger, WandbLogger):
-            import wandb
-
-            trainer.logger.experiment.log({"val/depth_video": wandb.Video(str(path), format="mp4"),
-                                           "trainer/global_step": trainer.global_step})
+    def render(self, media: dict[str, torch.Tensor]) -> torch.Tensor:
+        return depth_panel(media["video"], media["pred_depth"], media["gt_depth"], media["valid"])

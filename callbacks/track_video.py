@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import colorsys
 import logging
-from pathlib import Path
-
-import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.video_io import write_mp4
+from callbacks.media import ValidationVideoLogger
 
 log = logging.getLogger(__name__)
 
@@ -54,36 +50,11 @@ def side_by_side(media: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([pred, gap, gt], dim=2)
 
 
-class TrackVideoLogger(L.Callback):
-    """After validation, log one clip with tracks drawn (prediction | ground truth) on rank 0.
+class TrackVideoLogger(ValidationVideoLogger):
+    """One validation clip with tracks drawn (prediction | ground truth), as `val/tracks_video`."""
 
-    Also sets W&B summaries so `val/aj` etc. keep their best value. The video is written as
-    mp4 under `<run_dir>/media/` whatever the logger, and uploaded when W&B is active.
-    """
+    name = "tracks"
+    summaries = {"val/aj": "max", "val/delta_avg": "max", "val/oa": "max"}
 
-    def __init__(self, every_n_validations: int = 1, fps: float = 8.0) -> None:
-        self.every = max(1, every_n_validations)
-        self.fps = fps
-        self.count = 0
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and isinstance(trainer.logger, WandbLogger):
-            experiment = trainer.logger.experiment
-            if hasattr(experiment, "define_metric"):
-                for key in ("val/aj", "val/delta_avg", "val/oa"):
-                    experiment.define_metric(key, summary="max")
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        media = getattr(pl_module, "media", None)
-        if not trainer.is_global_zero or media is None or trainer.sanity_checking:
-            return
-        self.count += 1
-        if (self.count - 1) % self.every:
-            return
-        path = Path(trainer.default_root_dir) / "media" / f"tracks_step{trainer.global_step:07d}.mp4"
-        write_mp4(path, side_by_side(media), self.fps)
-        if isinstance(trainer.logger, WandbLogger):
-            import wandb
-
-            trainer.logger.experiment.log({"val/tracks_video": wandb.Video(str(path), format="mp4"),
-                                           "trainer/global_step": trainer.global_step})
+    def render(self, media: dict[str, torch.Tensor]) -> torch.Tensor:
+        return side_by_side(media)

@@ -143,16 +143,21 @@ class TrackingDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def make_train_stream(self, rank: int, world: int) -> TrainClipStream:
+        return TrainClipStream(self.train_urls, self.cfg, rank, world)
+
+    def make_eval_dataset(self) -> Dataset:
+        return EvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len,
+                         self.cfg.val_num_queries or self.cfg.num_queries)
+
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        stream = TrainClipStream(self.train_urls, self.cfg, rank, world)
+        stream = self.make_train_stream(*self._rank_world())
         workers = self.cfg.num_workers
         return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
                           prefetch_factor=2 if workers else None)
 
     def _eval_loader(self) -> DataLoader:
-        dataset = EvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len,
-                            self.cfg.val_num_queries or self.cfg.num_queries)
+        dataset = self.make_eval_dataset()
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
                           num_workers=min(self.cfg.num_workers, len(dataset)))
 

@@ -19,19 +19,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 
 from configs.schema import AugmentConfig, SyntheticDataConfig
-from datamodules.augment import augment_tracking_batch
 from datamodules.clip_sampling import TooFewTracks, clip_id
 from datamodules.registry import register_datamodule
-from datamodules.shards import Clip, decode_clip, expand_shards
-from datamodules.synthetic_shards import ensure_synthetic_shards
-from datamodules.tracking import EvalClips, TrainClipStream
+from datamodules.shards import Clip, decode_clip
+from datamodules.tracking import EvalClips, TrackingDataModule, TrainClipStream
 
 log = logging.getLogger(__name__)
 
@@ -109,52 +105,14 @@ class VideoEvalClips(EvalClips):
                                 np.random.default_rng(index))
 
 
-class VideoDataModule(L.LightningDataModule):
-    def __init__(self, cfg: VideoDataConfig, seed: int = 0) -> None:
-        super().__init__()
-        self.cfg, self.seed = cfg, seed
-        self.train_urls: list[str] = []
-        self.val_urls: list[str] = []
+class VideoDataModule(TrackingDataModule):
+    """TrackingDataModule (shard resolution, DDP split, device augmentation) cutting depth clips."""
 
-    def _resolve_shards(self) -> tuple[str, str]:
-        if self.cfg.train_shards is not None:
-            return self.cfg.train_shards, self.cfg.val_shards or self.cfg.train_shards
-        return ensure_synthetic_shards(self.cfg.synthetic)
+    def make_train_stream(self, rank: int, world: int) -> VideoClipStream:
+        return VideoClipStream(self.train_urls, self.cfg, rank, world)
 
-    def prepare_data(self) -> None:
-        self._resolve_shards()
-
-    def setup(self, stage: str | None = None) -> None:
-        train, val = self._resolve_shards()
-        self.train_urls, self.val_urls = expand_shards(train), expand_shards(val)
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        workers = self.cfg.num_workers
-        return DataLoader(VideoClipStream(self.train_urls, self.cfg, rank, world), batch_size=None,
-                          num_workers=workers, prefetch_factor=2 if workers else None)
-
-    def _eval_loader(self) -> DataLoader:
-        dataset = VideoEvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len, self.cfg.num_tracks)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
-                          num_workers=min(self.cfg.num_workers, len(dataset)))
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader()
-
-    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
-        batch["video"] = batch["video"].float()
-        trainer = self.trainer
-        if trainer is not None and trainer.training and self.cfg.augment.enabled:
-            batch = augment_tracking_batch(batch, self.cfg.augment, self.cfg.crop_hw)
-        return batch
+    def make_eval_dataset(self) -> VideoEvalClips:
+        return VideoEvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len, self.cfg.num_tracks)
 
 
 @register_datamodule("video", VideoDataConfig)
