@@ -6,7 +6,8 @@
 Both models get the same weights (reference random init copied into ours with the strict
 loader) and the same input. Runs alternate ours / reference so that load changes on a
 shared machine hit both alike; the table shows median wall time per forward (no_grad,
-eval mode) and the ratio ours / reference (< 1 = ours faster).
+eval mode), the ratio ours / reference (< 1 = ours faster) and our points per second
+(tracked points / seconds per clip).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def main() -> None:
                         dim=-1).to(device)
     print(f"device {device}, threads {torch.get_num_threads()}, T={args.frames} N={args.points} "
           f"{args.height}x{args.width} iters={args.iters}, median of {args.repeats}")
-    print(f"{'variant':<8} {'ours s':>9} {'reference s':>12} {'ours/ref':>9}")
+    print(f"{'variant':<8} {'ours s':>9} {'reference s':>12} {'ours/ref':>9} {'ours points/s':>14}")
     for variant in args.variants.split(","):
         cls, window = (CoTrackerThreeOnline, 16) if variant == "online" else (CoTrackerThreeOffline, 60)
         torch.manual_seed(0)
@@ -77,7 +78,8 @@ def main() -> None:
                 for name, fn in runs.items():
                     times[name].append(timed(fn, device))
         ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["reference"])
-        print(f"{variant:<8} {ours_s:>9.2f} {ref_s:>12.2f} {ours_s / ref_s:>9.2f}")
+        # points/s: tracked points per second of wall time for the whole T-frame clip
+        print(f"{variant:<8} {ours_s:>9.2f} {ref_s:>12.2f} {ours_s / ref_s:>9.2f} {args.points / ours_s:>14.1f}")
 
 
 if __name__ == "__main__":
