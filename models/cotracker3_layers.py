@@ -27,11 +27,12 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.relu(self.norm1(self.conv1(x)))
-        y = F.relu(self.norm2(self.conv2(y)))
+        # in-place ReLUs on fresh norm outputs: full-resolution maps, so allocations dominate on CPU
+        y = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        y = F.relu(self.norm2(self.conv2(y)), inplace=True)
         if self.downsample is not None:
             x = self.downsample(x)
-        return F.relu(x + y)
+        return F.relu(x + y, inplace=True)
 
 
 class FeatureEncoder(nn.Module):
@@ -58,12 +59,12 @@ class FeatureEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, dim, H / stride, W / stride)."""
         size = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
-        x = F.relu(self.norm1(self.conv1(x)))
+        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
         feats = []
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x)
             feats.append(F.interpolate(x, size, mode="bilinear", align_corners=True))
-        x = F.relu(self.norm2(self.conv2(torch.cat(feats, dim=1))))
+        x = F.relu(self.norm2(self.conv2(torch.cat(feats, dim=1))), inplace=True)
         return self.conv3(x)
 
 

@@ -63,6 +63,8 @@ class CoTrackerThreePredictor(nn.Module):
         """
         if video.dim() != 5 or video.shape[2] != 3:
             raise ValueError(f"video must be (B, T, 3, H, W), got {tuple(video.shape)}")
+        if not video.is_floating_point():
+            video = video.float()
         B, T, _, H, W = video.shape
         if H < 2 or W < 2:
             raise ValueError(f"video frames must be at least 2x2, got {H}x{W}")

@@ -23,6 +23,7 @@ clip, which tests/test_cotracker3_parity.py compares against without the referen
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -152,11 +153,11 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
 
 
-def report(name: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], results: list[float]) -> None:
+def report(name: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], results: list) -> None:
     parts = []
     for key, (a, b) in pairs.items():
         value = rel(a, b)
-        results.append(value)
+        results.append((value, TARGET))
         parts.append(f"{key} {value:.2e}")
     print(f"  {name:<28} " + "  ".join(parts))
 
@@ -235,24 +236,40 @@ def q_scale(video: torch.Tensor, H: int, W: int) -> torch.Tensor:
 
 def check_train(reference, ours, video, queries, args, results) -> None:
     g = torch.Generator().manual_seed(args.seed + 2)
-    reference.zero_grad()
-    _, _, _, (r_coords, r_vis, r_conf, _) = reference(video, queries, iters=args.iters, is_train=True)
-    weights = {}
+    weights: dict[tuple[int, int, str], torch.Tensor] = {}
 
     def loss_of(coords, vis, conf):
+        """Random-weighted sum of every per-window, per-iteration output (vis/conf as probabilities)."""
         total = 0.0
         for j, window in enumerate(zip(coords, vis, conf)):
             for i, (c, v, f) in enumerate(zip(*window)):
                 for name, x in (("c", c), ("v", v), ("f", f)):
-                    key = (j, i, name)
-                    if key not in weights:
-                        weights[key] = torch.randn(x.shape, generator=g).to(x.dtype)
-                    total = total + (x * weights[key]).sum()
+                    if (j, i, name) not in weights:
+                        weights[(j, i, name)] = torch.randn(x.shape, generator=g, dtype=torch.float64)
+                    total = total + (x * weights[(j, i, name)].to(x.dtype)).sum()
         return total
 
-    r_loss = loss_of(r_coords, r_vis, r_conf)
-    r_loss.backward()
-    r_grads = {k: p.grad.clone() for k, p in reference.named_parameters()}
+    def reference_grads(model, v, q):
+        model.zero_grad()
+        _, _, _, (coords, vis, conf, _) = model(v, q, iters=args.iters, is_train=True)
+        loss = loss_of(coords, vis, conf)
+        loss.backward()
+        return loss.detach(), {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+    r_loss, r_grads = reference_grads(reference, video, queries)
+    target, tolerance = (r_loss, r_grads), TARGET
+    if video.dtype != torch.float64:
+        # In float32 a random-signed sum over every output and its gradients are dominated by
+        # summation order, so both implementations are judged against the reference in float64,
+        # and ours must stay within 10x the reference's own float32 error.
+        torch.set_default_dtype(torch.float64)
+        try:
+            target = reference_grads(copy.deepcopy(reference).double(), video.double(), queries.double())
+        finally:
+            torch.set_default_dtype(video.dtype)
+        noise = grad_errors(r_loss, r_grads, *target)
+        tolerance = max(TARGET, 10 * noise[0], 10 * noise[1])
+        print(f"  {'train: reference f32 vs f64':<28} loss {noise[0]:.2e}  worst param grad {noise[1]:.2e} ({noise[2]})")
     for checkpointed in (True, False):
         ours.config.activation_checkpointing = checkpointed
         ours.zero_grad()
@@ -260,21 +277,42 @@ def check_train(reference, ours, video, queries, args, results) -> None:
         o_loss = loss_of([w.coords for w in windows], [[torch.sigmoid(v) for v in w.vis_logits] for w in windows],
                          [[torch.sigmoid(f) for f in w.conf_logits] for w in windows])
         o_loss.backward()
-        # a gradient's error is judged against the largest reference gradient of its tensor,
-        # floored at 1e-6 of the largest of all, since some are structurally ~0 (conv bias
-        # before instance norm) and their rounding noise has no scale of its own
-        floor = 1e-6 * max(g.abs().max().item() for g in r_grads.values())
-        worst, worst_name = 0.0, ""
-        for name, p in ours.named_parameters():
-            diff = (p.grad.double() - r_grads[name].double()).abs().max().item()
-            value = diff / max(r_grads[name].abs().max().item(), floor)
-            if value > worst:
-                worst, worst_name = value, name
-        results.extend([rel(o_loss.detach(), r_loss.detach()), worst])
-        print(f"  {'train (checkpointed)' if checkpointed else 'train (plain)':<28} "
-              f"windows {len(windows)}  loss {rel(o_loss.detach(), r_loss.detach()):.2e}  "
-              f"worst param grad {worst:.2e} ({worst_name})")
+        loss_err, worst, worst_name, zero_noise = grad_errors(
+            o_loss.detach(), {k: p.grad for k, p in ours.named_parameters()}, *target)
+        results.extend([(loss_err, tolerance), (worst, tolerance)])
+        label = "train (checkpointed)" if checkpointed else "train (plain)"
+        vs = "" if tolerance == TARGET else " vs reference f64"
+        print(f"  {label:<28} windows {len(windows)}{vs}  loss {loss_err:.2e}  worst param grad {worst:.2e} "
+              f"({worst_name})")
+        print(f"  {'':<28} pre-instance-norm conv biases (exactly 0 in exact arithmetic): "
+              f"|grad| <= {zero_noise:.1e} of the largest gradient")
     ours.config.activation_checkpointing = True
+
+
+def grad_errors(loss, grads, ref_loss, ref_grads) -> tuple[float, float, str, float]:
+    """Relative loss error, worst relative parameter-gradient error (and its tensor), zero-gradient noise.
+
+    Biases of convs followed by instance norm have an exactly zero true gradient; both sides
+    hold rounding noise there, so they are reported on the scale of the largest gradient
+    instead of their own. Every other tensor is judged against its own largest reference
+    gradient (floored at 1e-6 of the largest of all).
+    """
+    top = max(g.abs().max().item() for g in ref_grads.values())
+    worst, worst_name, zero_noise = 0.0, "", 0.0
+    for name, grad in grads.items():
+        ref = ref_grads[name].double()
+        if _zero_by_instance_norm(name):
+            zero_noise = max(zero_noise, grad.abs().max().item() / top, ref.abs().max().item() / top)
+            continue
+        value = (grad.double() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-6 * top)
+        if value > worst:
+            worst, worst_name = value, name
+    return rel(loss, ref_loss), worst, worst_name, zero_noise
+
+
+def _zero_by_instance_norm(name: str) -> bool:
+    """Conv biases in fnet that an instance norm cancels (all but the output conv3)."""
+    return name.startswith("fnet.") and name.endswith(".bias") and name != "fnet.conv3.bias"
 
 
 def main() -> None:
@@ -311,7 +349,7 @@ def main() -> None:
     checks = set(args.checks.split(","))
     video, queries = synthetic_clip(args, dtype)
     print(f"clip T={args.frames} N={args.points} {args.height}x{args.width} iters={args.iters} dtype={args.dtype}")
-    results: list[float] = []
+    results: list[tuple[float, float]] = []  # (relative difference, tolerance)
     for variant in args.variants.split(","):
         reference, ours = build_pair(ref, variant, args, dtype)
         print(f"{variant} (window {reference.window_len}):")
@@ -323,9 +361,11 @@ def main() -> None:
             check_predictor(ref, reference, ours, video, queries, args, results)
         if "train" in checks:
             check_train(reference, ours, video, queries, args, results)
-    worst = max(results) if results else 0.0
-    print(f"worst relative difference {worst:.2e} (target <= {TARGET:.0e}): {'PASS' if worst <= TARGET else 'FAIL'}")
-    raise SystemExit(0 if worst <= TARGET else 1)
+    worst = max((value for value, _ in results), default=0.0)
+    passed = all(value <= tolerance for value, tolerance in results)
+    print(f"worst relative difference {worst:.2e} (target <= {TARGET:.0e}, float32 gradients: within 10x the "
+          f"reference's own float32 error): {'PASS' if passed else 'FAIL'}")
+    raise SystemExit(0 if passed else 1)
 
 
 if __name__ == "__main__":
