@@ -18,7 +18,7 @@ GOLDEN = json.loads((Path(__file__).parent / "data" / "cotracker3_golden.json").
 
 
 @pytest.mark.parametrize("variant", [
-    pytest.param("online", marks=pytest.mark.slow),  # two windows of the full-width transformer
+    "online",  # two windows: the overlap copy and the support masking
     "offline",  # the 60-slot time embedding resampled to the 12-frame clip
 ])
 def test_matches_reference_outputs(variant):
