@@ -1,7 +1,8 @@
 """TAP-Vid evaluation data (DAVIS, RGB-Stacking, Kinetics) from the official pickles.
 
-The official files are Python pickles, and unpickling can run arbitrary code: they are read
-only here, only from paths the user names, with a logged warning. Shards never use pickle.
+The official files are Python pickles. They are read with the data-only unpickler of
+`datamodules/safe_pickle.py`, which rebuilds dicts, lists and numpy arrays and refuses any
+other global, so a tampered file cannot run code. Shards never use pickle.
 
 Official layouts (each video: ``video`` uint8 (T, H, W, 3), ``points`` (N, T, 2) normalised
 raster (x, y) in [0, 1], ``occluded`` bool (N, T)):
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import io
 import logging
-import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from configs.schema import TapVidDataConfig
 from datamodules.registry import register_datamodule
+from datamodules.safe_pickle import UnsafePickleError, load_data_pickle
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,10 @@ def tapvid_pickle_files(path: str | Path, dataset: str) -> list[Path]:
 
 
 def _load_pickle(file: Path) -> Any:
-    with open(file, "rb") as f:
-        return pickle.load(f)
+    try:
+        return load_data_pickle(file)
+    except UnsafePickleError as err:
+        raise ValueError(f"{file} is not a plain TAP-Vid data pickle: {err}") from err
 
 
 def _records(file: Path, data: Any) -> list[tuple[Any, str]]:
@@ -225,11 +228,7 @@ class TapVidDataset(Dataset):
         for file in self.files:
             if max_videos is not None and len(self.index) >= max_videos:
                 break
-            log.warning(
-                "Loading TAP-Vid pickle %s: unpickling can execute arbitrary code, so only load files"
-                " you trust (the official TAP-Vid release).",
-                file,
-            )
+            log.info("loading TAP-Vid pickle %s (data-only unpickler: arrays and containers)", file)
             data = self._load(file)
             for key, name in _records(file, data):
                 _check_record(file, key, data[key])

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.safe_pickle import load_object_npy  # noqa: E402
 from datamodules.shard_reader import SkipCounter, iter_shard  # noqa: E402
 from datamodules.shards import ShardWriter, decode_clip, decode_into_tensor  # noqa: E402
 from datamodules.synthetic import SyntheticConfig, generate_clip  # noqa: E402
@@ -48,7 +49,7 @@ class PngFolders(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         seq = self.seqs[i]
-        annotation = np.load(seq / f"{seq.name}.npy", allow_pickle=True).item()
+        annotation = load_object_npy(seq / f"{seq.name}.npy")
         frames = decode_into_tensor([f.read_bytes() for f in sorted((seq / "frames").glob("*.png"))])
         return {"frames": frames, "tracks": annotation["coords"], "visible": ~annotation["visibility"]}
 

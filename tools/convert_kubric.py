@@ -3,7 +3,8 @@
     python tools/convert_kubric.py /data/kubric/kubric_movi_f_120_frames_dense/movi_f /data/kubric_shards \
         --val-count 30 --workers 8
 
-Input: one folder per sequence, `<seq>/<seq>.npy` (a *pickled* dict: `coords` (N, T, 2)
+Input: one folder per sequence, `<seq>/<seq>.npy` (a pickled dict, read with the data-only
+unpickler of `datamodules/safe_pickle.py` so it cannot run code: `coords` (N, T, 2)
 pixels, `visibility` (N, T) that means OCCLUDED) and `<seq>/frames/*.png`; optional
 per-frame depth `<seq>/depth*/NNN.npy`. The first `--val-count` sequences (sorted, as
 CoTracker's `split="valid"`) go to `val/`, the rest to `train/`.
@@ -26,13 +27,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.safe_pickle import load_object_npy  # noqa: E402
 from datamodules.shards import ShardWriter, encode_clip  # noqa: E402
 
 log = logging.getLogger("convert_kubric")
-TRUST_WARNING = (
-    "Reading CoTracker Kubric annotations requires unpickling <seq>.npy files, which can run "
-    "arbitrary code: only convert data you trust. The shards written here contain no pickle."
-)
 
 
 def find_sequences(root: Path) -> list[Path]:
@@ -46,7 +44,7 @@ def find_sequences(root: Path) -> list[Path]:
 
 def load_sequence(seq: Path, coords: str = "raster") -> dict:
     """Read one sequence folder into frames / tracks / visible (/ depth) arrays."""
-    annotation = np.load(seq / f"{seq.name}.npy", allow_pickle=True).item()
+    annotation = load_object_npy(seq / f"{seq.name}.npy")
     for key in ("coords", "visibility"):
         if key not in annotation:
             raise KeyError(f"{seq / (seq.name + '.npy')}: missing key {key!r} (has {sorted(annotation)})")
@@ -80,7 +78,6 @@ def _encode(args: tuple[Path, str, int]) -> dict:
 
 def convert(root: Path, out: Path, val_count: int = 30, workers: int = 4, coords: str = "raster",
             clips_per_shard: int = 100, jpeg_quality: int = 95) -> dict[str, int]:
-    log.warning(TRUST_WARNING)
     seqs = find_sequences(root)
     splits = {"val": seqs[:val_count], "train": seqs[val_count:]}
     counts = {}
