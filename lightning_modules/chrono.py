@@ -109,11 +109,7 @@ class ChronoModule(PointTrackingModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model(batch["video"], batch["queries"])
         terms = chrono_loss(out, batch, self.loss_cfg)
-        self.last_loss_terms = {k: v.detach() for k, v in terms.items()}
-        if not self.all_ranks_finite(terms["loss"], self.cfg.model.max_consecutive_nonfinite):
-            return None
-        self.log_loss_terms(terms, batch["video"].shape[0])
-        return terms["loss"]
+        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.model.max_consecutive_nonfinite)
 
     def configure_optimizers(self) -> dict[str, Any]:
         m = self.cfg.model

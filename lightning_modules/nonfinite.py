@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteGuard:
-    """Mixin for LightningModules: `if not self.all_ranks_finite(loss): return None`.
+    """Mixin for LightningModules: `return self.finish_training_step(terms, batch_size, max_in_a_row)`.
 
     All ranks agree (via all_gather) so DDP stays in lockstep: no rank runs backward when any
     rank's loss is not finite. `max_consecutive_nonfinite` skipped steps in a row raise, so a
@@ -20,6 +20,18 @@ class NonFiniteGuard:
 
     consecutive_nonfinite: int = 0
     nonfinite_total: int = 0
+
+    def finish_training_step(self: L.LightningModule, terms: dict[str, torch.Tensor], batch_size: int,
+                             max_consecutive: int) -> torch.Tensor | None:
+        """Common end of a training_step: keep the terms, skip non-finite steps, log, return the loss."""
+        self.last_loss_terms = {k: v.detach() for k, v in terms.items()}
+        if not self.all_ranks_finite(terms["loss"], max_consecutive):
+            return None
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch_size)
+        for key, value in terms.items():
+            if key != "loss":
+                self.log(f"train/loss_{key}", value, batch_size=batch_size)
+        return terms["loss"]
 
     def all_ranks_finite(self: L.LightningModule, loss: torch.Tensor, max_consecutive: int) -> bool:
         finite = torch.isfinite(loss.detach()).float()

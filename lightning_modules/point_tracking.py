@@ -41,12 +41,6 @@ class PointTrackingModule(NonFiniteGuard, L.LightningModule):
 
         return [DataHealthLogger(), TrackVideoLogger(self.cfg.wandb.log_media_every_n_validations)]
 
-    def log_loss_terms(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch_size)
-        for key, value in terms.items():
-            if key != "loss":
-                self.log(f"train/loss_{key}", value, batch_size=batch_size)
-
     def on_validation_epoch_start(self) -> None:
         self.media = None
 

@@ -65,11 +65,7 @@ class TrackerModule(PointTrackingModule):
         windows = self.model.forward_train(batch["video"], batch["queries"], iters=self.cfg.model.train_iters)
         terms = tracker_loss([w.__dict__ for w in windows], batch, self.loss_weights,
                              mask_before_query=self.model.config.variant == "online")
-        self.last_loss_terms = {k: v.detach() for k, v in terms.items()}
-        if not self.all_ranks_finite(terms["loss"], self.cfg.model.max_consecutive_nonfinite):
-            return None
-        self.log_loss_terms(terms, batch["video"].shape[0])
-        return terms["loss"]
+        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.model.max_consecutive_nonfinite)
 
     def configure_optimizers(self) -> dict[str, Any]:
         m = self.cfg.model

@@ -122,15 +122,7 @@ class VideoDepthModule(NonFiniteGuard, L.LightningModule):
         pred = self(batch)
         target, _, valid = depth_targets(batch)
         terms = self.criterion(pred, target, valid)
-        # Same lockstep NaN policy as the tracker family (skip on every rank, stop after a run of them).
-        if not self.all_ranks_finite(terms["loss"], self.cfg.model.max_consecutive_nonfinite):
-            return None
-        size = pred.shape[0]
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=size)
-        for key in ("ssi", "gradient", "temporal"):
-            if key in terms:
-                self.log(f"train/loss_{key}", terms[key], batch_size=size)
-        return terms["loss"]
+        return self.finish_training_step(terms, pred.shape[0], self.cfg.model.max_consecutive_nonfinite)
 
     def configure_optimizers(self) -> dict[str, Any]:
         m = self.cfg.model

@@ -25,9 +25,6 @@ import argparse
 import functools
 import importlib.util
 import json
-import logging
-import os
-import subprocess
 import sys
 import types
 import warnings
@@ -41,7 +38,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.checkpoint_io import load_strict, read_state_dict  # noqa: E402
 from models.depth_anything_v2 import CONFIGS, DepthAnythingV2, preprocess_image  # noqa: E402
-from tools.parity_dinov2 import deterministic_input, deterministic_weights, relative_diff, summarize  # noqa: E402
+from tools.parity_dinov2 import (  # noqa: E402
+    deterministic_input,
+    deterministic_weights,
+    print_report,
+    reference_commit,
+    reference_repo_on_path,
+    relative_diff,
+    summarize,
+)
 
 # Tiny models for the golden fixture (the official class only builds full-size encoders,
 # so these assemble its DINOv2 and DPTHead classes with small widths).
@@ -77,15 +82,8 @@ def _install_import_stubs() -> bool:
     return have_cv2
 
 
-def _reference_repo_on_path(repo: Path) -> None:
-    os.environ.setdefault("XFORMERS_DISABLED", "1")
-    logging.getLogger("dinov2").setLevel(logging.ERROR)  # its "xFormers not available" notice
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-
-
 def build_reference(repo: Path, encoder: str) -> torch.nn.Module:
-    _reference_repo_on_path(repo)
+    reference_repo_on_path(repo)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from depth_anything_v2.dpt import DepthAnythingV2 as Reference
@@ -95,7 +93,7 @@ def build_reference(repo: Path, encoder: str) -> torch.nn.Module:
 
 
 def build_tiny_reference(repo: Path, use_clstoken: bool) -> torch.nn.Module:
-    _reference_repo_on_path(repo)
+    reference_repo_on_path(repo)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from depth_anything_v2.dinov2 import DinoVisionTransformer
@@ -193,10 +191,7 @@ def compare(repo: Path, encoder: str, size: tuple[int, int], weights: Path | Non
         f"== {encoder} ({'weights ' + str(weights) if weights else 'deterministic pseudo-random weights'}), "
         f"input {size[0]}x{size[1]}, {positive:.0%} of reference disparities > 0"
     )
-    for name, value in results.items():
-        print(f"  {name:56s} {value:.3e}")
-    worst = max(results.values())
-    print(f"  max relative difference: {worst:.3e}")
+    worst = print_report(results)
 
     if have_cv2:
         for shape in ((300, 451), (1080, 1920)):
@@ -210,13 +205,6 @@ def compare(repo: Path, encoder: str, size: tuple[int, int], weights: Path | Non
     return worst
 
 
-def _commit(repo: Path) -> str:
-    return (
-        subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        or "unknown commit"
-    )
-
-
 def write_layout(repo: Path, out: Path) -> None:
     """Official key -> shape for every encoder (built on the meta device: no memory, no init cost)."""
     # The reference calls .item() on a torch.linspace (drop-path schedule): keep that one on the CPU.
@@ -226,7 +214,7 @@ def write_layout(repo: Path, out: Path) -> None:
         with torch.device("meta"), mock.patch.object(torch, "linspace", cpu_linspace):
             ref = build_reference(repo, encoder)
         models[encoder] = {k: "x".join(map(str, v.shape)) for k, v in ref.state_dict().items()}
-    source = f"DepthAnything/Depth-Anything-V2 {_commit(repo)}, depth_anything_v2.dpt.DepthAnythingV2"
+    source = f"DepthAnything/Depth-Anything-V2 {reference_commit(repo)}, depth_anything_v2.dpt.DepthAnythingV2"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"source": source, "models": models}, indent=1) + "\n")  # one key per line
     print(f"wrote {out} ({len(models)} encoders)")
@@ -242,7 +230,7 @@ def write_golden(repo: Path, out: Path) -> None:
         ref.load_state_dict(deterministic_weights({k: v.shape for k, v in ref.state_dict().items()}), strict=True)
         cases[name] = {"config": case, "outputs": {k: summarize(v) for k, v in reference_outputs(ref, x).items()}}
     golden = {
-        "source": f"DepthAnything/Depth-Anything-V2 {_commit(repo)}; tools/parity_depth_anything_v2.py --write-golden",
+        "source": f"DepthAnything/Depth-Anything-V2 {reference_commit(repo)}; tools/parity_depth_anything_v2.py --write-golden",
         "dims": TINY_DIMS,
         "head": TINY_HEAD,
         "input_shape": list(TINY_INPUT),

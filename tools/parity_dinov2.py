@@ -104,7 +104,7 @@ def summarize(t: torch.Tensor, n: int = 64) -> dict[str, Any]:
     }
 
 
-def _reference_repo_on_path(repo: Path) -> None:
+def reference_repo_on_path(repo: Path) -> None:
     os.environ.setdefault("XFORMERS_DISABLED", "1")  # the plain-PyTorch path is the one to compare with
     logging.getLogger("dinov2").setLevel(logging.ERROR)
     if str(repo) not in sys.path:
@@ -112,7 +112,7 @@ def _reference_repo_on_path(repo: Path) -> None:
 
 
 def build_reference(repo: Path, variant: str) -> torch.nn.Module:
-    _reference_repo_on_path(repo)
+    reference_repo_on_path(repo)
     from dinov2.hub import backbones
 
     with warnings.catch_warnings():  # silence the reference's "xFormers not available" notices
@@ -121,7 +121,7 @@ def build_reference(repo: Path, variant: str) -> torch.nn.Module:
 
 
 def build_tiny_reference(repo: Path, case: dict[str, Any]) -> torch.nn.Module:
-    _reference_repo_on_path(repo)
+    reference_repo_on_path(repo)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from dinov2.layers import MemEffAttention, NestedTensorBlock
@@ -187,6 +187,11 @@ def compare(repo: Path, variant: str, size: tuple[int, int], weights: Path | Non
         f"== {variant} ({'weights ' + str(weights) if weights else 'deterministic pseudo-random weights'}), "
         f"input {size[0]}x{size[1]}, offset {ours.interpolate_offset}, antialias {ours.interpolate_antialias}"
     )
+    return print_report(results)
+
+
+def print_report(results: dict[str, float]) -> float:
+    """Print one line per compared output; return the worst relative difference."""
     for name, value in results.items():
         print(f"  {name:56s} {value:.3e}")
     worst = max(results.values())
@@ -194,7 +199,7 @@ def compare(repo: Path, variant: str, size: tuple[int, int], weights: Path | Non
     return worst
 
 
-def _commit(repo: Path) -> str:
+def reference_commit(repo: Path) -> str:
     return (
         subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         or "unknown commit"
@@ -208,7 +213,7 @@ def write_layout(repo: Path, out: Path) -> None:
         with torch.device("meta"):
             ref = build_reference(repo, variant)
         models[variant] = {k: "x".join(map(str, v.shape)) for k, v in ref.state_dict().items()}
-    source = f"facebookresearch/dinov2 {_commit(repo)}, dinov2.hub.backbones.dinov2_*(pretrained=False)"
+    source = f"facebookresearch/dinov2 {reference_commit(repo)}, dinov2.hub.backbones.dinov2_*(pretrained=False)"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"source": source, "models": models}, indent=1) + "\n")  # "1x1370x384": one key per line
     print(f"wrote {out} ({len(models)} variants)")
@@ -225,7 +230,7 @@ def write_golden(repo: Path, out: Path) -> None:
         outputs = reference_outputs(ref, x, case["num_register_tokens"] > 0)
         cases[name] = {"config": case, "outputs": {k: summarize(v) for k, v in outputs.items()}}
     golden = {
-        "source": f"facebookresearch/dinov2 {_commit(repo)}, DinoVisionTransformer (tools/parity_dinov2.py)",
+        "source": f"facebookresearch/dinov2 {reference_commit(repo)}, DinoVisionTransformer (tools/parity_dinov2.py)",
         "dims": TINY_DIMS,
         "input_shape": list(TINY_INPUT),
         "cases": cases,
