@@ -1,0 +1,229 @@
+"""Video colorization family: an image colorizer (``arch: convnet | ddcolor``) + Tracktention.
+
+The model sees the L channel of the clip's frames and predicts ab (DESIGN.md: colorization
+works in Lab); the ground truth is the frames' own ab. Loss: L1 on ab (DDColor's pixel loss)
+plus, optionally, DDColor's colourfulness term 1 - M(rgb / 255) on the recombined RGB, averaged
+over frames (DDColor sums it over the images of a GPU batch: its weight 0.5 at per-GPU batch b
+equals ``colorfulness: 0.5 * b`` here), and a temporal term along the batch's tracks
+(``track_temporal_loss``, our choice; TCVC instead ties each prediction to its optical-flow-warped
+neighbours). DDColor's perceptual and GAN losses are not implemented. Evaluation: PSNR / SSIM /
+colourfulness / CDC (``metrics/colorization.py``) on the recombined RGB. Tracks come from the
+batch (ground truth or pre-extracted). Freezing: ``freeze`` prefixes start frozen (default: the
+whole image colorizer, so only Tracktention trains); ``unfreeze`` stages make them trainable at
+given steps (``callbacks/unfreeze.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lightning_modules.nonfinite import NonFiniteGuard
+from lightning_modules.registry import register_family
+from lightning_modules.video_depth import UnfreezeStage
+from metrics.colorization import ColorizationMetrics
+from models.color import grey_rgb, l_ab_to_rgb, rgb_to_lab
+from models.colorizer import ConvColorizerConfig
+from models.video_colorizer import (
+    ColorTracktentionConfig,
+    VideoColorizer,
+    build_image_colorizer,
+    colorizer_classes,
+    weights_reader,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ColorLossWeights:
+    l1: float = 1.0  # L1 on ab in Lab units
+    colorfulness: float = 0.0  # DDColor's 1 - colourfulness of the predicted RGB in [0, 1], mean over frames
+    temporal: float = 0.0  # L1 between predicted and true ab changes along the tracks (track_temporal_loss)
+
+
+@dataclass
+class ColorizationModelConfig:
+    family: str = "colorization"
+    arch: str = "convnet"  # convnet | ddcolor: which image colorizer (models/video_colorizer.py COLORIZER_ARCHS)
+    convnet: ConvColorizerConfig = field(default_factory=ConvColorizerConfig)
+    ddcolor: Optional[Any] = None  # fields of models.ddcolor.DDColorConfig; checked when the model is built
+    tracktention: ColorTracktentionConfig = field(default_factory=ColorTracktentionConfig)
+    init_from: Optional[str] = None  # the colorizer's own weights, or a .ckpt of this family (stage 1)
+    freeze: list[str] = field(default_factory=lambda: ["image."])  # names inside VideoColorizer
+    unfreeze: list[UnfreezeStage] = field(default_factory=list)
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_pct: float = 0.05
+    loss: ColorLossWeights = field(default_factory=ColorLossWeights)
+    max_consecutive_nonfinite: int = 20
+
+
+def arch_config(model_cfg: DictConfig) -> Any:
+    """The chosen colorizer's config dataclass instance, checked against its schema."""
+    _, cfg_cls = colorizer_classes(model_cfg.arch)
+    section = model_cfg.get(model_cfg.arch)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg_cls), section if section is not None else {})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ValueError(f"model.{model_cfg.arch}: {err.msg if hasattr(err, 'msg') else err} "
+                         f"(valid keys: {sorted(OmegaConf.structured(cfg_cls).keys())})") from None
+
+
+def colorfulness_loss(rgb: torch.Tensor) -> torch.Tensor:
+    """DDColor's colourfulness loss term 1 - M, M on RGB in [0, 1] (absolute opponents, unbiased std),
+    averaged over frames: rgb (N, 3, H, W) 0..255."""
+    r, g, b = (rgb / 255.0).unbind(1)
+    rg = (r - g).abs().flatten(1)
+    yb = (0.5 * (r + g) - b).abs().flatten(1)
+    # The clamp keeps the gradient of sqrt finite on a flat grey frame (DDColor's would be NaN there).
+    std_root = torch.sqrt((rg.std(1) ** 2 + yb.std(1) ** 2).clamp(min=1e-12))
+    mean_root = torch.sqrt((rg.mean(1) ** 2 + yb.mean(1) ** 2).clamp(min=1e-12))
+    return (1.0 - (std_root + 0.3 * mean_root)).mean()
+
+
+def sample_at_points(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear values of maps (N, C, H, W) at (x, y) pixels (N, M, 2), centres at integers -> (N, M, C)."""
+    H, W = maps.shape[-2:]
+    scale = points.new_tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)])
+    grid = (points * scale - 1.0).unsqueeze(2)  # (N, M, 1, 2) in [-1, 1], align_corners=True
+    return F.grid_sample(maps, grid, mode="bilinear", align_corners=True).squeeze(-1).transpose(1, 2)
+
+
+def track_temporal_loss(pred_ab: torch.Tensor, target_ab: torch.Tensor, tracks: torch.Tensor,
+                        visible: torch.Tensor) -> torch.Tensor:
+    """Mean |(a_{t+1} - a_t) - (a*_{t+1} - a*_t)| over ab channels and the track points visible at t and
+    t+1, a = predicted and a* = true ab read at the point's positions p_t, p_{t+1}: the colour of a
+    surface point should change between frames exactly as much as its true colour does (the colour
+    analogue of Video Depth Anything's temporal gradient matching). pred_ab, target_ab (B, T, 2, H, W);
+    tracks (B, T, M, 2) pixels; visible (B, T, M) bool. Zero when no point is visible twice in a row."""
+    B, T = pred_ab.shape[:2]
+    pred = sample_at_points(pred_ab.flatten(0, 1), tracks.flatten(0, 1).to(pred_ab.dtype)).view(B, T, -1, 2)
+    target = sample_at_points(target_ab.flatten(0, 1), tracks.flatten(0, 1).to(target_ab.dtype)).view(B, T, -1, 2)
+    diff = ((pred[:, 1:] - pred[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs().mean(-1)
+    both = (visible[:, 1:] & visible[:, :-1]).to(diff.dtype)
+    return (diff * both).sum() / both.sum().clamp(min=1.0)
+
+
+@register_family("colorization", ColorizationModelConfig)
+class ColorizationModule(NonFiniteGuard, L.LightningModule):
+    def __init__(self, cfg: DictConfig | dict) -> None:
+        super().__init__()
+        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+        self.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
+        self.cfg = cfg
+        m = cfg.model
+        image = build_image_colorizer(m.arch, arch_config(m))
+        self.model = VideoColorizer(image, OmegaConf.to_object(m.tracktention))
+        if m.init_from:
+            self.model.load_image_weights(m.init_from, weights_reader(m.arch))
+            log.info("initialised the image colorizer from %s", m.init_from)
+        from callbacks.unfreeze import set_trainable
+
+        set_trainable(self.model, list(m.freeze), False)
+        self.val_metrics = ColorizationMetrics()
+        self.media: dict[str, torch.Tensor] | None = None
+
+    def default_callbacks(self) -> list[L.Callback]:
+        from callbacks.colorization_video import ColorizationVideoLogger
+        from callbacks.unfreeze import StagedUnfreeze
+
+        callbacks: list[L.Callback] = [ColorizationVideoLogger(self.cfg.wandb.log_media_every_n_validations)]
+        if self.cfg.model.unfreeze:
+            callbacks.append(StagedUnfreeze([(s.step, list(s.prefixes)) for s in self.cfg.model.unfreeze]))
+        return callbacks
+
+    def on_fit_start(self) -> None:
+        frozen_image = any(not p.requires_grad for p in self.model.image.parameters())
+        if frozen_image and not self.cfg.model.init_from and self.trainer.ckpt_path is None:
+            raise ValueError("the image colorizer is frozen (model.freeze) but has no weights: set model.init_from "
+                             "to its weights or a stage-1 checkpoint, or model.freeze=[] to train it from scratch")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Lab of the batch's video (B, T, 3, H, W), predicted ab (B, T, 2, H, W)); the model sees L only."""
+        lab = rgb_to_lab(batch["video"])
+        l = lab[:, :, :1]
+        if self.model.tracktention is None:
+            return lab, self.model(l).float()
+        return lab, self.model(l, batch["tracks"], batch["visible"]).float()
+
+    # ------------------------------------------------------------------ training
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        lab, ab = self(batch)
+        l = lab[:, :, :1]
+        w = self.cfg.model.loss
+        terms = {"l1": (ab - lab[:, :, 1:]).abs().mean()}
+        loss = w.l1 * terms["l1"]
+        if w.colorfulness:
+            terms["colorfulness"] = colorfulness_loss(l_ab_to_rgb(l, ab).flatten(0, 1))
+            loss = loss + w.colorfulness * terms["colorfulness"]
+        if w.temporal:
+            terms["temporal"] = track_temporal_loss(ab, lab[:, :, 1:], batch["tracks"], batch["visible"])
+            loss = loss + w.temporal * terms["temporal"]
+        terms["loss"] = loss
+        return terms
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        terms = self.loss_terms(batch)
+        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.model.max_consecutive_nonfinite)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        m = self.cfg.model
+        # Every parameter is registered (frozen ones get no gradient and are skipped), so staged
+        # unfreezing needs no optimiser surgery.
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(m.warmup_pct * total))
+
+        def factor(step: int) -> float:  # linear warm-up, cosine decay to 5 %
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def on_validation_epoch_start(self) -> None:
+        self.media = None
+
+    def _evaluate(self, batch: dict[str, torch.Tensor]) -> None:
+        lab, ab = self(batch)
+        l = lab[:, :, :1]
+        pred_rgb = l_ab_to_rgb(l, ab)
+        self.val_metrics.update(pred_rgb, batch["video"])
+        if self.media is None and self.global_rank == 0:
+            self.media = {"grey": grey_rgb(l[0]).detach().cpu(), "pred": pred_rgb[0].detach().cpu(),
+                          "gt": batch["video"][0].detach().cpu()}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def _log_metrics(self, stage: str) -> None:
+        for key, value in self.val_metrics.compute().items():  # compute() syncs the sum states
+            self.log(f"{stage}/{key}", value.float(), sync_dist=False)
+        self.val_metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        lab, ab = self(batch)
+        rgb = l_ab_to_rgb(lab[:, :, :1], ab).round().to(torch.uint8)
+        return {"ab": ab.cpu(), "rgb": rgb.cpu(), "clip_id": batch["clip_id"].cpu()}
