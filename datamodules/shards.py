@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,13 @@ def encode_clip(
     depth_kind: str = "depth",
     extra_meta: dict[str, Any] | None = None,
     jpeg_quality: int = 90,
+    encoded_frames: Sequence[bytes] | None = None,
 ) -> dict[str, Any]:
-    """Build a WebDataset sample dict for one clip, validating shapes and dtypes."""
+    """Build a WebDataset sample dict for one clip, validating shapes and dtypes.
+
+    `encoded_frames`: the frames' existing JPEG bytes (e.g. from another shard), stored as they are
+    instead of re-encoding `frames`, so rewriting a clip never loses quality.
+    """
     if "." in key or "/" in key:
         raise ShardFormatError(f"sample key {key!r} must not contain '.' or '/'")
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -165,8 +171,11 @@ def encode_clip(
         "tracks.npy": _npy_bytes(tracks.astype(np.float32)),
         "visible.npy": _npy_bytes(visible.astype(bool)),
     }
+    if encoded_frames is not None and len(encoded_frames) != num_frames:
+        raise ShardFormatError(f"{key}: {len(encoded_frames)} encoded frames for {num_frames} frames")
     for t in range(num_frames):
-        sample[f"{t:0{digits}d}.jpg"] = encode_jpeg(frames[t], jpeg_quality)
+        sample[f"{t:0{digits}d}.jpg"] = encoded_frames[t] if encoded_frames is not None \
+            else encode_jpeg(frames[t], jpeg_quality)
     if depth is not None:
         if depth.shape != (num_frames, height, width):
             raise ShardFormatError(f"{key}: depth must be {(num_frames, height, width)}, got {depth.shape}")

@@ -72,6 +72,16 @@ def test_bad_shapes_and_keys_rejected_at_write():
         encode_clip("a.b", clip["frames"], clip["tracks"], clip["visible"])
     with pytest.raises(ShardFormatError, match="visible must be"):
         encode_clip("k", clip["frames"], clip["tracks"], clip["visible"][:, :3])
+    with pytest.raises(ShardFormatError, match="2 encoded frames for"):
+        encode_clip("k", clip["frames"], clip["tracks"], clip["visible"], encoded_frames=[b"x", b"y"])
+
+
+def test_existing_jpeg_bytes_are_stored_as_they_are():
+    clip = generate_clip(0, TINY)
+    first = encode_clip("k", clip["frames"], clip["tracks"], clip["visible"], jpeg_quality=75)
+    jpegs = [first[name] for name in sorted(first) if name.endswith(".jpg")]
+    again = encode_clip("k", clip["frames"], clip["tracks"], clip["visible"], encoded_frames=jpegs)
+    assert [again[name] for name in sorted(again) if name.endswith(".jpg")] == jpegs
 
 
 def test_writer_respects_count_limit(tmp_path):

@@ -56,8 +56,8 @@ class ClipSource(IterableDataset):
         for url in self.urls[self.rank :: self.world_size][worker::workers]:
             for raw in iter_shard(url, skips):
                 clip = decode_clip(raw)
-                yield {"key": clip.key, "frames": clip.decode_frames(), "meta": clip.meta,
-                       "depth": clip.depth, "depth_valid": clip.depth_valid}
+                yield {"key": clip.key, "frames": clip.decode_frames(), "jpeg_frames": clip.jpeg_frames,
+                       "meta": clip.meta, "depth": clip.depth, "depth_valid": clip.depth_valid}
         if skips.corrupt:
             log.warning("rank %d worker %d: %d corrupt shard(s) skipped", self.rank, worker, skips.corrupt)
 
@@ -100,11 +100,10 @@ class TrackExtractor(L.LightningModule):
 class ShardPredictionWriter(BasePredictionWriter):
     """Every rank writes the clips it predicted into its own shards (prefix carries the rank)."""
 
-    def __init__(self, out_dir: str | Path, prefix: str = "tracks", clips_per_shard: int = 100,
-                 jpeg_quality: int = 95) -> None:
+    def __init__(self, out_dir: str | Path, prefix: str = "tracks", clips_per_shard: int = 100) -> None:
         super().__init__(write_interval="batch")
         self.out_dir, self.prefix = Path(out_dir), prefix
-        self.clips_per_shard, self.jpeg_quality = clips_per_shard, jpeg_quality
+        self.clips_per_shard = clips_per_shard
         self.writer: ShardWriter | None = None
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict[str, Any],
@@ -120,7 +119,7 @@ class ShardPredictionWriter(BasePredictionWriter):
             prediction["key"], prediction["frames"].numpy(), prediction["tracks"], prediction["visible"],
             fps=meta.get("fps", 24.0), source=meta.get("source", "unknown"), depth=prediction["depth"],
             depth_valid=prediction["depth_valid"], depth_kind=meta.get("depth_kind", "depth"),
-            extra_meta=kept, jpeg_quality=self.jpeg_quality))
+            extra_meta=kept, encoded_frames=prediction["jpeg_frames"]))  # the source's JPEG bytes, not re-encoded
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.writer is not None:
