@@ -3,25 +3,38 @@
     python train.py                                           # synthetic data, CPU is fine
     python train.py experiment=cotracker3_kubric trainer.devices=8 data.train_shards=/data/kubric
     python train.py validate experiment=cotracker3_tapvid_davis model.init_from=scaled_offline.pth
+
+The same command runs under `torchrun` and `srun` (trainer.devices / trainer.num_nodes = auto take
+the launcher's layout) and under a W&B sweep agent (overrides come from argv on every rank).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.checkpointing import LastCheckpoint
+from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from callbacks.prediction_writer import NpzPredictionWriter
+from callbacks.run_metadata import IncompatibleCheckpointError, RunMetadata, check_resume_compatible
+from callbacks.signals import INTERRUPTED_EXIT_CODE, CheckpointOnSignal
+from callbacks.startup_report import StartupReport
+from callbacks.throughput import MetricsProgressBar, ThroughputMonitor
 from configs.loader import ConfigError, load_config
 
 log = logging.getLogger("tracklight")
@@ -35,13 +48,68 @@ def resolve_precision(precision: str) -> str:
     return "32-true"
 
 
-def resolve_strategy(cfg: DictConfig) -> str:
-    if cfg.trainer.strategy != "auto":
-        return cfg.trainer.strategy
-    devices = cfg.trainer.devices
+def launcher_layout() -> tuple[str, int, int] | None:
+    """(launcher, processes per node, nodes) when torchrun or srun started this process, else None.
+
+    Same precedence as Lightning's environment detection: torchrun (also inside a SLURM job) first.
+    """
+    if TorchElasticEnvironment.detect():
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        return "torchrun", per_node, int(os.environ["WORLD_SIZE"]) // per_node
+    if SLURMEnvironment.detect():
+        nodes = int(os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES", "1")))
+        per_node = os.environ.get("SLURM_NTASKS_PER_NODE")
+        tasks = int(per_node.split("(")[0]) if per_node else int(os.environ["SLURM_NTASKS"]) // nodes
+        return "srun", tasks, nodes
+    return None
+
+
+def resolve_layout(cfg: DictConfig) -> tuple[Any, int]:
+    """(devices, num_nodes) for the Trainer; under a launcher they must match the processes it started."""
+    devices, num_nodes = cfg.trainer.devices, cfg.trainer.num_nodes
+    launched = launcher_layout()
+    if launched is None:
+        return devices, 1 if num_nodes == "auto" else int(num_nodes)
+    name, per_node, nodes = launched
+    devices = per_node if devices == "auto" else devices
+    num_nodes = nodes if num_nodes == "auto" else int(num_nodes)
+    count = devices if isinstance(devices, int) else len(devices)
+    if (count, num_nodes) != (per_node, nodes):
+        raise ConfigError(
+            f"{name} started {per_node} process(es) per node on {nodes} node(s), but trainer.devices={devices} "
+            f"trainer.num_nodes={num_nodes}; pass trainer.devices={per_node} trainer.num_nodes={nodes} "
+            f"(or trainer.devices=auto trainer.num_nodes=auto)")
+    return devices, num_nodes
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(f"trainer.fsdp.wrap: cannot import {path!r} (expected module.Class)") from None
+
+
+def fsdp_strategy(cfg: DictConfig) -> FSDPStrategy:
+    f = cfg.trainer.fsdp
+    blocks = {_import_class(path) for path in f.wrap}
+    # Full state dicts keep checkpoints single files (atomic writes, resume=auto, model.init_from).
+    return FSDPStrategy(auto_wrap_policy=blocks, sharding_strategy=f.sharding, state_dict_type="full",
+                        activation_checkpointing_policy=blocks if f.activation_checkpointing else None)
+
+
+def resolve_strategy(cfg: DictConfig, devices: Any, num_nodes: int) -> str | Strategy:
+    strategy = cfg.trainer.strategy
+    if strategy == "fsdp":
+        if cfg.trainer.accelerator not in ("auto", "cuda", "gpu") or not torch.cuda.is_available():
+            raise ConfigError("trainer.strategy=fsdp needs CUDA GPUs (Lightning's FSDP does not run on CPU); "
+                              "use trainer.strategy=ddp here")
+        return fsdp_strategy(cfg)
+    if strategy != "auto":
+        return strategy
     many = (isinstance(devices, int) and devices > 1) or (not isinstance(devices, (int, str)) and len(devices) > 1)
     many = many or devices == "auto" and torch.cuda.device_count() > 1
-    return "ddp" if many or cfg.trainer.num_nodes > 1 else "auto"
+    return "ddp" if many or num_nodes > 1 else "auto"
 
 
 def _wandb_mode(cfg: DictConfig) -> str:
@@ -58,7 +126,12 @@ def _wandb_mode(cfg: DictConfig) -> str:
 
 
 def _stable_run_id(run_dir: Path) -> str:
-    """Same W&B run across restarts of the same run_dir (resume=auto continues its curves)."""
+    """Same W&B run across restarts of the same run_dir (resume=auto continues its curves).
+
+    A sweep agent chooses the run's id itself (WANDB_RUN_ID): use it, or the sweep loses the run.
+    """
+    if os.environ.get("WANDB_RUN_ID"):
+        return os.environ["WANDB_RUN_ID"]
     id_file = run_dir / "wandb_run_id.txt"
     if id_file.is_file():
         return id_file.read_text().strip()
@@ -98,18 +171,19 @@ def build_logger(cfg: DictConfig) -> Logger | bool:
 
 def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback]:
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
-    callbacks: list[Callback] = [
-        # last.ckpt at a fixed step cadence bounds the work lost when a run is killed.
-        LastCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint.every_n_steps),
-    ]
+    # last.ckpt at a fixed step cadence bounds the work lost when a run is killed.
+    last = LastCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint.every_n_steps)
+    callbacks: list[Callback] = [last, CheckpointOnSignal(last), RunMetadata(cfg), StartupReport(cfg)]
     if cfg.checkpoint.monitor:
         callbacks.append(ModelCheckpoint(
             dirpath=ckpt_dir, monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
             save_top_k=cfg.checkpoint.save_top_k, auto_insert_metric_name=False,
             filename="step{step:07d}-" + cfg.checkpoint.monitor.replace("/", "_") + "{" + cfg.checkpoint.monitor + ":.4f}",
         ))
-    if cfg.logger != "none":
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.logger != "none":  # samples/points/s, MFU on GPUs, learning rates, gradient norm
+        callbacks.append(ThroughputMonitor(window=cfg.trainer.log_every_n_steps))
+    if cfg.trainer.enable_progress_bar:  # Lightning refuses a bar callback when the bar is off
+        callbacks.append(MetricsProgressBar(keys=[cfg.checkpoint.monitor, "perf/samples_per_s"]))
     callbacks.extend(module.default_callbacks())
     return callbacks
 
@@ -126,10 +200,19 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     return FAMILY_MODULES[cfg.model.family](cfg)
 
 
+def build_plugins(cfg: DictConfig) -> list[object]:
+    plugins: list[object] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=cfg.trainer.slurm_auto_requeue, requeue_signal=signal.SIGUSR1))
+    return plugins
+
+
 def build_trainer(cfg: DictConfig, module: L.LightningModule) -> L.Trainer:
     t = cfg.trainer
+    devices, num_nodes = resolve_layout(cfg)
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=resolve_strategy(cfg),
+        accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
+        strategy=resolve_strategy(cfg, devices, num_nodes), plugins=build_plugins(cfg),
         precision=resolve_precision(t.precision), max_steps=t.max_steps, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
@@ -143,11 +226,14 @@ def resume_path(cfg: DictConfig) -> str | None:
     if cfg.resume is None:
         return None
     if cfg.resume == "auto":
-        last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            log.info("resume=auto: continuing from %s", last)
-            return str(last)
-        log.info("resume=auto: no %s yet, starting fresh", last)
+        # last.ckpt, or the checkpoint Lightning wrote on SLURM's pre-emption signal if that is newer.
+        run_dir = Path(cfg.run_dir)
+        found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        if found:
+            newest = max(found, key=lambda p: p.stat().st_mtime)
+            log.info("resume=auto: continuing from %s", newest)
+            return str(newest)
+        log.info("resume=auto: no checkpoint in %s yet, starting fresh", run_dir)
         return None
     if not Path(cfg.resume).is_file():
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
@@ -172,8 +258,17 @@ def print_results(results: list[dict[str, float]], title: str) -> None:
             print(f"  {key:<{width}}  {value:8.4f}")
 
 
+def place_sweep_run(cfg: DictConfig) -> None:
+    """Under a W&B sweep agent each run gets its own directory (the agent's run id), the same on every rank."""
+    sweep, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    if sweep and run_id:
+        cfg.run_dir = str(Path(cfg.run_dir) / run_id)
+        cfg.name = f"{cfg.name}-{run_id}"
+
+
 def run(argv: list[str]) -> object:
     command, cfg = load_config(argv)
+    place_sweep_run(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     module = build_module(cfg)
@@ -181,7 +276,10 @@ def run(argv: list[str]) -> object:
     trainer = build_trainer(cfg, module)
     save_resolved_config(cfg)
     if command == "fit":
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg))
+        ckpt_path = resume_path(cfg)
+        if ckpt_path is not None:
+            check_resume_compatible(cfg, module, ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         return trainer
     if cfg.ckpt is not None and not Path(cfg.ckpt).is_file():
         raise ConfigError(f"ckpt={cfg.ckpt!r}: no such checkpoint file")
@@ -201,9 +299,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(sys.argv[1:])
-    except ConfigError as err:
+    except (ConfigError, IncompatibleCheckpointError) as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:  # last.ckpt is written (callbacks/signals.py); the run is not finished
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,29 @@ from typing import Any, Optional
 
 
 @dataclass
+class FsdpConfig:
+    """`trainer.strategy=fsdp` (CUDA only): each instance of these classes becomes its own FSDP unit."""
+
+    wrap: list[str] = field(default_factory=lambda: [
+        "models.dinov2.Block",  # DINOv2 / Depth Anything encoder blocks: the bulk of ViT-L/G parameters
+        "models.tracktention.Tracktention",
+        "models.cotracker3_layers.SelfAttentionBlock",
+        "models.cotracker3_layers.CrossAttentionBlock",
+    ])
+    sharding: str = "FULL_SHARD"  # FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+    activation_checkpointing: bool = False  # recompute each wrapped block in the backward pass
+
+
+@dataclass
 class TrainerConfig:
     accelerator: str = "auto"
-    devices: Any = 1  # int, "auto", or a list of device ids
-    num_nodes: int = 1
-    strategy: str = "auto"  # "auto" -> ddp when devices x nodes > 1
+    # int, a list of device ids, or "auto": under torchrun / srun the launcher's processes per node,
+    # otherwise every visible device.
+    devices: Any = 1
+    num_nodes: Any = 1  # int, or "auto": the launcher's node count under torchrun / srun (else 1)
+    strategy: str = "auto"  # "auto" -> ddp when devices x nodes > 1; "fsdp" -> FSDP with `fsdp` below
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    slurm_auto_requeue: bool = True  # under srun: on SIGUSR1 Lightning checkpoints and requeues the job
     precision: str = "auto"  # "auto" -> bf16-mixed on GPUs that support it, else 32-true
     max_steps: int = 2000
     val_check_interval: int = 250  # training batches between validations
@@ -83,6 +101,10 @@ class SyntheticDataConfig:
     num_tracks: int = 256
     seed: int = 0
     clips_per_shard: int = 50
+    haze: float = 0.0  # aerial-perspective depth cue (datamodules/synthetic.py)
+    frame_noise: float = 0.0  # per-frame pixel noise std, 0..255 units
+    colour_classes: int = 0  # > 0: class hues + per-frame luminance signature (colorization)
+    class_signature: float = 24.0  # that signature's peak amplitude, 0..255 units
 
 
 @dataclass

@@ -30,6 +30,10 @@ def _collate(samples: list[dict[str, torch.Tensor]], skips: tuple[int, int]) -> 
     return batch
 
 
+# Consecutive clips that cannot give a sample before the stream gives up with an error.
+MAX_UNUSABLE_IN_A_ROW = 500
+
+
 class TrainClipStream(IterableDataset):
     """Endless shuffled training batches from this rank's (and worker's) disjoint shard subset.
 
@@ -44,7 +48,8 @@ class TrainClipStream(IterableDataset):
     def __len__(self) -> int:
         return self.cfg.batches_per_epoch
 
-    def _my_urls(self, worker_id: int, num_workers: int) -> list[str]:
+    def worker_shards(self, worker_id: int, num_workers: int) -> list[str]:
+        """The shards one (rank, worker) reader owns; raises when the split leaves it none."""
         urls = self.urls[self.rank :: self.world_size][worker_id::num_workers]
         if not urls:
             raise ValueError(
@@ -56,7 +61,7 @@ class TrainClipStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        urls = self._my_urls(worker_id, num_workers)
+        urls = self.worker_shards(worker_id, num_workers)
         # torch's RNG is seeded per epoch and per worker by the DataLoader (and by seed_everything).
         rng = np.random.default_rng([int(torch.randint(0, 2**62, (1,))), self.rank, worker_id])
         share = self.cfg.batches_per_epoch // num_workers + (worker_id < self.cfg.batches_per_epoch % num_workers)
@@ -78,6 +83,7 @@ class TrainClipStream(IterableDataset):
 
     def _samples(self, urls: list[str], rng: np.random.Generator, skips: SkipCounter) -> Iterator[dict[str, torch.Tensor]]:
         buffer: list[dict[str, Any]] = []
+        unusable_in_a_row = 0
         for raw in self._raw(urls, rng, skips):
             buffer.append(raw)
             if len(buffer) < self.cfg.shuffle_buffer:
@@ -85,13 +91,24 @@ class TrainClipStream(IterableDataset):
             raw = buffer.pop(int(rng.integers(len(buffer))))
             clip = decode_clip(raw)  # schema violations stop training with the file named
             try:
-                yield self.cut_sample(clip, rng)
+                sample = self.cut_sample(clip, rng)
             except TooFewTracks as err:
                 skips.too_few_tracks += 1
                 log.debug("skipping clip: %s", err)
+                unusable_in_a_row += 1
+                if unusable_in_a_row >= MAX_UNUSABLE_IN_A_ROW:
+                    # Otherwise the stream would spin forever without a word.
+                    raise RuntimeError(
+                        f"{unusable_in_a_row} clips in a row were too short or had too few tracks (last: {err}); "
+                        f"lower data.clip_len ({self.cfg.clip_len}) or data.num_queries / data.num_tracks to what "
+                        f"the shards {urls[:3]}... hold") from err
+                continue
             except (OSError, SyntaxError) as err:  # PIL's errors for corrupt JPEG data
                 skips.corrupt += 1
                 log.warning("skipping corrupt sample %s in %s: %s", clip.key, clip.source_url, err)
+                continue
+            unusable_in_a_row = 0
+            yield sample
 
     def cut_sample(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """One fixed-shape training sample from a stored clip (subclasses cut other sample kinds)."""

@@ -49,6 +49,13 @@ def test_too_few_shards_for_ranks_and_workers_is_a_clear_error(tiny_shards):
         next(iter(stream))
 
 
+def test_shards_that_never_give_a_sample_stop_with_a_clear_error(tiny_shards, monkeypatch):
+    monkeypatch.setattr("datamodules.tracking.MAX_UNUSABLE_IN_A_ROW", 5)
+    stream = TrainClipStream(tiny_shards["train"], _cfg(num_queries=100_000), rank=0, world_size=1)
+    with pytest.raises(RuntimeError, match=r"5 clips in a row .* lower data.clip_len \(8\) or data.num_queries"):
+        next(iter(stream))
+
+
 def test_corrupt_shard_is_skipped_and_counted_in_batches(tiny_shards, tmp_path):
     bad = tmp_path / "bad.tar"
     data = open(tiny_shards["train"][0], "rb").read()
