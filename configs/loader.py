@@ -55,7 +55,9 @@ def _split_argv(argv: list[str]) -> tuple[str, list[str]]:
     for arg in argv:
         if "=" not in arg:
             raise ConfigError(f"argument {arg!r} is not of the form key=value")
-    return command, [a.lstrip("-") for a in argv]  # tolerate --key=value from other launchers
+    # Tolerate --key=value from other launchers; the W&B agent writes a null sweep value as Python's `None`.
+    overrides = [a.lstrip("-") for a in argv]
+    return command, [a[: -len("None")] + "null" if a.endswith("=None") else a for a in overrides]
 
 
 def _pop_defaults(cfg: DictConfig) -> dict[str, str]:

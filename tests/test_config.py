@@ -46,6 +46,9 @@ def test_sweep_style_arguments_are_accepted():
     # W&B agents pass `--key=value` with ${args}; ${args_no_hyphens} passes key=value.
     _, cfg = load_config(["--model.lr=0.002", "trainer.max_steps=5"])
     assert cfg.model.lr == 0.002 and cfg.trainer.max_steps == 5
+    # The agent formats a null sweep value with Python's str(): `None`.
+    _, cfg = load_config(["trainer.limit_val_batches=None"])
+    assert cfg.trainer.limit_val_batches is None
 
 
 def test_every_shipped_experiment_composes():
