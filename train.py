@@ -197,7 +197,10 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 def build_module(cfg: DictConfig) -> L.LightningModule:
     from lightning_modules.registry import FAMILY_MODULES
 
-    return FAMILY_MODULES[cfg.model.family](cfg)
+    module = FAMILY_MODULES[cfg.model.family](cfg)
+    if cfg.trainer.compile:
+        module.model.compile()
+    return module
 
 
 def build_plugins(cfg: DictConfig) -> list[object]:

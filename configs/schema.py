@@ -44,6 +44,9 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0  # sanity runs would pollute torchmetrics state
     deterministic: bool = False
     enable_progress_bar: bool = True
+    # torch.compile the family's network in place (nn.Module.compile: state-dict keys unchanged,
+    # so checkpoints stay interchangeable with uncompiled runs).
+    compile: bool = False
 
 
 @dataclass
