@@ -1,0 +1,95 @@
+"""TAPTRv2 family: the reference criterion, AdamW with a separate backbone rate, MultiStepLR, EMA.
+
+Evaluation (TAP-Vid metrics, zero-motion baseline, media, predict) and the non-finite loss skip
+come from `PointTrackingModule`; with `ema_decay` set, validation / test / predict see the
+exponential moving average of the weights (callbacks/ema.py), as the reference evaluates its
+`ema_model`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.point_tracking import PointTrackingModule
+from lightning_modules.registry import register_family
+from lightning_modules.taptrv2_loss import TaptrV2LossConfig, taptrv2_loss
+from models.taptrv2 import TaptrV2, TaptrV2Config, load_resnet50_imagenet, load_taptrv2_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaptrV2ModelConfig:
+    family: str = "taptrv2"
+    arch: TaptrV2Config = field(default_factory=TaptrV2Config)
+    backbone_weights: Optional[str] = None  # local ImageNet ResNet-50 state dict (conv1/bn1/layer1..4)
+    init_from: Optional[str] = None  # official taptrv2.pth
+    lr: float = 2e-4
+    backbone_lr: float = 1e-5  # lr_backbone: every ResNet parameter
+    weight_decay: float = 1e-4  # on every parameter, as the reference's 'default' param dicts
+    # MultiStepLR in optimiser steps (the reference steps it per epoch at epochs 100 and 130).
+    lr_milestones: list[int] = field(default_factory=lambda: [34375, 44688])
+    lr_gamma: float = 0.1
+    ema_decay: Optional[float] = 0.9997  # None: no weight averaging
+    loss: TaptrV2LossConfig = field(default_factory=TaptrV2LossConfig)
+    max_consecutive_nonfinite: int = 20  # skipped NaN/Inf steps in a row before training stops
+
+
+def build_taptrv2(m: DictConfig) -> TaptrV2:
+    """The network from the model config, with ImageNet ResNet-50 and/or TAPTRv2 weights loaded strictly."""
+    arch: TaptrV2Config = OmegaConf.to_object(m.arch)
+    model = TaptrV2(arch)
+    if m.backbone_weights:
+        load_resnet50_imagenet(model, m.backbone_weights)
+        log.info("loaded the ImageNet ResNet-50 from %s", m.backbone_weights)
+    if m.init_from:
+        load_taptrv2_checkpoint(model, m.init_from)
+        log.info("initialised TAPTRv2 from %s", m.init_from)
+    return model
+
+
+@register_family("taptrv2", TaptrV2ModelConfig)
+class TaptrV2Module(PointTrackingModule):
+    def __init__(self, cfg: DictConfig | dict) -> None:
+        super().__init__(cfg)
+        self.model = build_taptrv2(self.cfg.model)
+        self.loss_cfg = TaptrV2LossConfig(**OmegaConf.to_container(self.cfg.model.loss))
+
+    def default_callbacks(self) -> list[L.Callback]:
+        from callbacks.ema import ExponentialMovingAverage
+
+        callbacks = super().default_callbacks()
+        if self.cfg.model.ema_decay is not None:
+            callbacks.append(ExponentialMovingAverage(self.cfg.model.ema_decay))
+        return callbacks
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        out = self.model(batch["video"], batch["queries"])
+        terms = taptrv2_loss(out.layer_tracks, out.layer_apu_tracks, out.vis_logits, batch, self.loss_cfg)
+        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.model.max_consecutive_nonfinite)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Two AdamW groups: the ResNet at `backbone_lr`, everything else at `lr`."""
+        m = self.cfg.model
+        backbone = [p for p in self.model.backbone_parameters() if p.requires_grad]
+        backbone_ids = {id(p) for p in backbone}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        return [{"params": rest, "lr": m.lr, "name": "transformer"},
+                {"params": backbone, "lr": m.backbone_lr, "name": "backbone"}]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        m = self.cfg.model
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=m.lr, weight_decay=m.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(m.lr_milestones),
+                                                         gamma=m.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def predict_tracks(self, video: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(video, queries)
+        return out.tracks, out.visible
