@@ -16,7 +16,6 @@ given steps (``callbacks/unfreeze.py``).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -28,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.registry import register_family
+from lightning_modules.schedules import warmup_cosine
 from lightning_modules.video_depth import UnfreezeStage
 from metrics.colorization import ColorizationMetrics
 from models.color import grey_rgb, l_ab_to_rgb, rgb_to_lab
@@ -181,17 +181,9 @@ class ColorizationModule(NonFiniteGuard, L.LightningModule):
         # Every parameter is registered (frozen ones get no gradient and are skipped), so staged
         # unfreezing needs no optimiser surgery.
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, int(m.warmup_pct * total))
-
-        def factor(step: int) -> float:  # linear warm-up, cosine decay to 5 %
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # Linear warm-up, cosine decay to 5 %.
+        scheduler = warmup_cosine(optimizer, self.trainer.estimated_stepping_batches, m.warmup_pct)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------ evaluation
     def on_validation_epoch_start(self) -> None:

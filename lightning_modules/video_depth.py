@@ -11,7 +11,6 @@ trainable at given steps (``callbacks/unfreeze.py``).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.depth_losses import DepthLossWeights, VideoDepthLoss, reciprocal_where_valid
 from lightning_modules.registry import register_family
+from lightning_modules.schedules import warmup_cosine
 from lightning_modules.nonfinite import NonFiniteGuard
 from metrics.depth import VideoDepthMetrics, aligned_depth
 from models.cotracker3 import CoTrackerThreeConfig
@@ -133,17 +133,9 @@ class VideoDepthModule(NonFiniteGuard, L.LightningModule):
         optimizer = torch.optim.AdamW(
             [{"params": rest, "lr": m.lr}, {"params": encoder, "lr": m.lr * m.encoder_lr_scale}],
             lr=m.lr, weight_decay=m.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, int(m.warmup_pct * total))
-
-        def factor(step: int) -> float:  # linear warm-up, cosine decay to 5 %
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # Linear warm-up, cosine decay to 5 %.
+        scheduler = warmup_cosine(optimizer, self.trainer.estimated_stepping_batches, m.warmup_pct)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------ evaluation
     def on_validation_epoch_start(self) -> None:
