@@ -32,11 +32,20 @@ import numpy as np
 # clip is also the rendering order at every frame; the background is always behind them.
 _OBJECT_DEPTH_RANGE = (2.0, 8.0)
 _BACKGROUND_MIN_DEPTH = 9.0
-_BACKGROUND_NOMINAL_DEPTH = 10.0  # reference depth for the parallax of camera pan
+_BACKGROUND_NOMINAL_DEPTH = 10.0  # reference depth for the parallax of camera pan and for haze
+_HAZE_COLOUR = np.array([200.0, 210.0, 225.0], np.float32)  # pale sky blue
 # A sampled object point's nearest pixel must be inside the outline shrunk by this factor,
 # which keeps the check robust to last-bit differences against the rendered label map.
 _SUPPORT_MARGIN = 0.97
 _SHAPES = ("ellipse", "rounded_rectangle", "blob")
+# `colour_classes`: class c has hue 2 pi c / C and a luminance grating of period
+# _CLASS_PERIOD_BASE * _CLASS_PERIOD_RATIO ** c texels. Neighbouring periods are closer than the
+# range that the default camera zoom and object scale stretch a period over, so the period seen in
+# one frame is ambiguous.
+_CLASS_PERIOD_BASE = 4.0
+_CLASS_PERIOD_RATIO = 1.45
+_CLASS_CHROMA = (30.0, 60.0)  # range of a layer's chroma (RGB units away from its grey)
+_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 @dataclass
@@ -60,6 +69,23 @@ class SyntheticConfig:
     object_scale_change: float = 0.15  # max |log scale| change (also capped by depth bands)
     parallax: float = 0.5  # pan seen by an object = pan * (bg depth / object depth) ** parallax
     fps: float = 12.0
+    # Monocular depth cue for the video-depth demo: aerial perspective blends a pixel towards
+    # _HAZE_COLOUR by 1 - exp(-haze * depth / _BACKGROUND_NOMINAL_DEPTH), so contrast and
+    # saturation fall with depth, as in outdoor footage.
+    haze: float = 0.0
+    # Std (0..255 units) of independent per-pixel Gaussian noise, drawn afresh for every frame:
+    # sensor noise that makes a per-frame estimator flicker while the scene itself is steady.
+    frame_noise: float = 0.0
+    # Colour that L reveals only partly, for video colorization (0 = off, textures as above).
+    # With C > 0 every layer (background included) draws a class c in 0..C-1: its texture keeps its
+    # luminance structure but takes the class hue (equal hue steps, random chroma per layer), and
+    # its luminance carries the class signature, a grating along the layer's canonical u axis of
+    # the class's period (so it moves, turns and scales with the layer). The grating's contrast is
+    # class_signature * g, with g ~ U(0, 1) drawn afresh per layer and frame: some frames show the
+    # class clearly, others barely, and with `frame_noise` a per-frame estimate of the colour is
+    # unsure and flickers, while evidence gathered along a track over the clip is not.
+    colour_classes: int = 0
+    class_signature: float = 24.0  # peak grating amplitude (0..255 units) at g = 1
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
@@ -83,7 +109,8 @@ class SyntheticConfig:
                 f"got {self.min_object_size}, {self.max_object_size}"
             )
         for name in ("camera_pan", "camera_zoom", "camera_rotation", "object_speed",
-                     "object_rotation", "object_scale_change", "parallax"):
+                     "object_rotation", "object_scale_change", "parallax", "haze", "frame_noise",
+                     "colour_classes", "class_signature"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.fps <= 0:
@@ -101,7 +128,9 @@ class SyntheticClip:
     depth_valid: np.ndarray  # bool (T, H, W)
     track_depth: np.ndarray  # float32 (T, N), depth of each point (also when hidden)
     track_layer: np.ndarray  # int64 (N,), the layer each point lies on
-    track_colour: np.ndarray  # float32 (N, 3), the point's texture colour (before uint8 rounding)
+    # float32 (N, 3), the point's texture colour (before haze, noise, uint8 rounding and, with
+    # colour_classes, before the per-frame class grating, which only changes luminance)
+    track_colour: np.ndarray
     layers: np.ndarray  # uint8 (T, H, W), hard id of the topmost layer per pixel
     meta: dict[str, Any]
 
@@ -205,6 +234,28 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(colour, 0, 255).astype(np.float32)
 
 
+def _class_texture(texture: np.ndarray, hue: float, chroma: float) -> np.ndarray:
+    """`texture`'s luminance structure (squeezed to leave room for chroma) in a single hue."""
+    luma = np.einsum("c,cyx->yx", _LUMA, texture)
+    colour = (60.0 + luma * (140.0 / 255.0))[None] + chroma * _hue_direction(hue)[:, None, None]
+    return np.clip(colour, 0, 255).astype(np.float32)
+
+
+def _hue_direction(hue: float) -> np.ndarray:
+    """Unit RGB direction of zero luminance at angle `hue` in the plane orthogonal to _LUMA."""
+    first = np.cross(_LUMA, [0.0, 0.0, 1.0])
+    first /= np.linalg.norm(first)
+    second = np.cross(_LUMA / np.linalg.norm(_LUMA), first)
+    return math.cos(hue) * first + math.sin(hue) * second
+
+
+def _class_grating(scene: "_Scene", layer: int, u: np.ndarray) -> np.ndarray:
+    """Luminance signature of `layer`'s class at canonical texel u (T, ...) (frame axis first)."""
+    period = _CLASS_PERIOD_BASE * _CLASS_PERIOD_RATIO ** scene.layer_class[layer]
+    gain = scene.signature_gain[layer].reshape((-1,) + (1,) * (u.ndim - 1))
+    return (gain * np.sin(2 * math.pi * u / period)).astype(np.float32)
+
+
 def _sample_texture(texture: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Bilinear, wrapping lookup of a (3, S, S) power-of-two texture at texel coords (u, v)
     (texel centres at integers); returns float32 (M, 3)."""
@@ -243,7 +294,8 @@ def _next_pow2(value: float, minimum: int) -> int:
 class _Scene:
     """Per-clip layer geometry, textures and motion, drawn from one seeded Generator."""
 
-    def __init__(self, rng: np.random.Generator, cfg: SyntheticConfig) -> None:
+    def __init__(self, rng: np.random.Generator, cfg: SyntheticConfig, seed: int) -> None:
+        self.seed = seed
         self.num_frames = T = cfg.num_frames
         H, W = cfg.height, cfg.width
         self.num_objects = K = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
@@ -307,6 +359,9 @@ class _Scene:
             self.textures.append(_texture(rng, size))
             self.texture_offset.append(rng.uniform(0, size, 2))
 
+        if cfg.colour_classes:
+            self._assign_colour_classes(cfg, seed)
+
         # Background depth: a smoothly tilted plane exp(g . world). Its exponent is affine
         # in pixel coordinates, so its minimum over the frames sits at a frame corner; scale
         # it so that the nearest visible part is at _BACKGROUND_MIN_DEPTH or farther.
@@ -317,6 +372,19 @@ class _Scene:
         cu, cv = _to_canonical(inv[0][:, None], b[0][:, None], corners[:, 0], corners[:, 1])
         nearest = np.exp(self.depth_tilt[0] * cu + self.depth_tilt[1] * cv).min()
         self.depth_base = _BACKGROUND_MIN_DEPTH * rng.uniform(1.0, 1.4) / nearest
+
+    def _assign_colour_classes(self, cfg: SyntheticConfig, seed: int) -> None:
+        """Recolour every layer by its class (see SyntheticConfig.colour_classes). Its own random
+        stream, so geometry, motion and tracks are the same with or without classes."""
+        rng = np.random.default_rng([seed, 2])
+        layers = len(self.textures)
+        self.layer_class = rng.integers(0, cfg.colour_classes, layers)
+        chroma = rng.uniform(*_CLASS_CHROMA, layers)
+        self.signature_gain = cfg.class_signature * rng.uniform(0.0, 1.0, (layers, self.num_frames))
+        self.textures = [
+            _class_texture(texture, 2 * math.pi * c / cfg.colour_classes, chroma[layer])
+            for layer, (texture, c) in enumerate(zip(self.textures, self.layer_class))
+        ]
 
     def background_depth(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return self.depth_base * np.exp(self.depth_tilt[0] * u + self.depth_tilt[1] * v)
@@ -357,11 +425,21 @@ def _render(scene: _Scene, cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray
         mine = shape.contains(qx, qy) & (layers[box] == 0)
         layers[box][mine] = layer
         offset = scene.texture_offset[layer]
-        colour[box][mine] = _sample_texture(scene.textures[layer], qx[mine] + offset[0],
-                                            qy[mine] + offset[1])
+        texels = _sample_texture(scene.textures[layer], qx[mine] + offset[0], qy[mine] + offset[1])
+        if cfg.colour_classes:
+            texels += _class_grating(scene, layer, qx + offset[0])[mine][:, None]
+        colour[box][mine] = texels
         depth[box] = np.where(mine, scene.object_depth[layer - 1][:, None, None], depth[box])
     background = layers == 0
     colour[background] = _sample_texture(scene.textures[0], bu[background], bv[background])
+    if cfg.colour_classes:
+        colour[background] += _class_grating(scene, 0, bu)[background][:, None]
+    if cfg.haze > 0:
+        veil = (1.0 - np.exp(-cfg.haze * depth / _BACKGROUND_NOMINAL_DEPTH))[..., None]
+        colour = colour * (1.0 - veil) + veil * _HAZE_COLOUR
+    if cfg.frame_noise > 0:
+        # Its own stream, so the scene (and every ground truth) is the same with or without noise.
+        colour = colour + np.random.default_rng([scene.seed, 1]).normal(0.0, cfg.frame_noise, colour.shape)
     frames = np.clip(np.rint(colour), 0, 255).astype(np.uint8)
     return frames, layers, depth
 
@@ -419,7 +497,7 @@ def render_clip(seed: int, cfg: SyntheticConfig | None = None) -> SyntheticClip:
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     rng = np.random.default_rng(seed)
-    scene = _Scene(rng, cfg)
+    scene = _Scene(rng, cfg, seed)
     frames, layers, depth = _render(scene, cfg)
 
     # Per-layer quotas; tracks an object cannot supply (hidden, off-screen) go to the
@@ -469,6 +547,8 @@ def render_clip(seed: int, cfg: SyntheticConfig | None = None) -> SyntheticClip:
         "num_objects": scene.num_objects,
         "config": asdict(cfg),
     }
+    if cfg.colour_classes:
+        meta["layer_class"] = [int(c) for c in scene.layer_class]  # index 0: the background
     return SyntheticClip(
         frames=frames,
         tracks=tracks,

@@ -49,7 +49,10 @@ def ensure_synthetic_shards(cfg: object) -> tuple[str, str]:
         tmp = cache_dir / f".tmp-{digest}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         gen_cfg = SyntheticConfig(height=settings["height"], width=settings["width"],
-                                  num_frames=settings["num_frames"], num_tracks=settings["num_tracks"])
+                                  num_frames=settings["num_frames"], num_tracks=settings["num_tracks"],
+                                  haze=settings["haze"], frame_noise=settings["frame_noise"],
+                                  colour_classes=settings["colour_classes"],
+                                  class_signature=settings["class_signature"])
         seed0, n_train, n_val = settings["seed"], settings["num_train_clips"], settings["num_val_clips"]
         # At least 16 training shards so ranks x workers always get disjoint subsets.
         per_shard = max(1, min(settings["clips_per_shard"], n_train // 16))

@@ -1,13 +1,14 @@
 """VideoDataModule: fixed-length clips with per-pixel depth and point tracks, for video models.
 
 Shards follow ``datamodules/shards.py`` and must carry ``depth.npz`` (``depth`` or disparity per
-``meta.depth_kind``, plus the validity mask) and tracks (ground truth, or pre-extracted by
+``meta.depth_kind``, plus the validity mask) unless ``require_depth: false`` (colour video needs
+none: its batches then carry no depth keys at all, even from shards that have depth) and tracks (ground truth, or pre-extracted by
 ``tools/extract_tracks.py``). Streaming, the DDP/worker shard split and the validation set
 reuse :class:`TrainClipStream` / :class:`EvalClips`; augmentation reuses the tracking one, which
 moves tracks and depth with the frames.
 
 Batch keys: ``video`` (B, T, 3, H, W) 0..255, ``depth`` (B, T, 1, H, W), ``depth_valid`` bool,
-``tracks`` (B, T, M, 2), ``visible`` (B, T, M), ``queries`` (B, M, 3) (each track's first visible
+``is_disparity`` (B,) (these three only with ``require_depth``), ``tracks`` (B, T, M, 2), ``visible`` (B, T, M), ``queries`` (B, M, 3) (each track's first visible
 frame; the augmentation re-queries them), ``valid`` (B, T, M), ``clip_id``. M tracks are a random
 subset per training clip (a fixed one per validation clip); clips with fewer tracks are padded
 with never-visible tracks, which Tracktention ignores.
@@ -49,6 +50,7 @@ class VideoDataConfig:
     crop_hw: Optional[list[int]] = None  # training crop (H, W); multiples of 14 unless the model resizes
     val_clip_len: Optional[int] = None  # None -> clip_len
     max_depth: float = 80.0  # evaluation clip range (metres for metric ground truth)
+    require_depth: bool = True  # False: depth is neither needed nor loaded (e.g. colorization)
     batch_size: int = 1
     num_workers: int = 2
     shuffle_buffer: int = 8
@@ -57,10 +59,12 @@ class VideoDataConfig:
 
 
 def cut_video_sample(clip: Clip, start: int, clip_len: int, num_tracks: int,
-                     rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """Frames start..start+clip_len with depth and `num_tracks` random tracks visible somewhere in the window."""
-    if clip.depth is None:
-        raise ValueError(f"clip {clip.key} in {clip.source_url} has no depth.npz; video depth needs depth")
+                     rng: np.random.Generator, require_depth: bool = True) -> dict[str, torch.Tensor]:
+    """Frames start..start+clip_len with `num_tracks` random tracks visible somewhere in the window,
+    and with depth if `require_depth` (else no depth keys, so every batch has the same keys)."""
+    if require_depth and clip.depth is None:
+        raise ValueError(f"clip {clip.key} in {clip.source_url} has no depth.npz; video depth needs depth "
+                         "(data.require_depth=false for data without depth, e.g. colorization)")
     if clip.num_frames < clip_len:
         raise TooFewTracks(f"clip {clip.key} has {clip.num_frames} frames < clip_len {clip_len}")
     window = slice(start, start + clip_len)
@@ -74,18 +78,19 @@ def cut_video_sample(clip: Clip, start: int, clip_len: int, num_tracks: int,
     first = vis.argmax(axis=0)
     xy = tracks[first, np.arange(num_tracks)]
     queries = np.concatenate([first[:, None].astype(np.float32), xy], axis=1)
-    kind = clip.meta.get("depth_kind", "depth")
-    return {
+    sample = {
         "video": clip.decode_frames(range(start, start + clip_len)).permute(0, 3, 1, 2),
-        "depth": torch.from_numpy(np.ascontiguousarray(clip.depth[window])).unsqueeze(1),
-        "depth_valid": torch.from_numpy(np.ascontiguousarray(clip.depth_valid[window])).unsqueeze(1),
-        "is_disparity": torch.tensor(kind == "disparity"),
         "tracks": torch.from_numpy(tracks),
         "visible": torch.from_numpy(vis),
         "queries": torch.from_numpy(queries),
         "valid": torch.from_numpy(np.broadcast_to(vis.any(axis=0), vis.shape).copy()),
         "clip_id": torch.tensor(clip_id(clip.key)),
     }
+    if require_depth:
+        sample["depth"] = torch.from_numpy(np.ascontiguousarray(clip.depth[window])).unsqueeze(1)
+        sample["depth_valid"] = torch.from_numpy(np.ascontiguousarray(clip.depth_valid[window])).unsqueeze(1)
+        sample["is_disparity"] = torch.tensor(clip.meta.get("depth_kind", "depth") == "disparity")
+    return sample
 
 
 class VideoClipStream(TrainClipStream):
@@ -93,16 +98,20 @@ class VideoClipStream(TrainClipStream):
 
     def cut_sample(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         start = int(rng.integers(0, max(clip.num_frames - self.cfg.clip_len, 0) + 1))
-        return cut_video_sample(clip, start, self.cfg.clip_len, self.cfg.num_tracks, rng)
+        return cut_video_sample(clip, start, self.cfg.clip_len, self.cfg.num_tracks, rng, self.cfg.require_depth)
 
 
 class VideoEvalClips(EvalClips):
     """EvalClips (whole validation set in memory, map-style) cutting depth clips from frame 0."""
 
+    def __init__(self, urls: list[str], clip_len: int, num_queries: int, require_depth: bool = True) -> None:
+        super().__init__(urls, clip_len, num_queries)
+        self.require_depth = require_depth
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         clip = decode_clip(self.raw[index])
         return cut_video_sample(clip, 0, min(self.clip_len, clip.num_frames), self.num_queries,
-                                np.random.default_rng(index))
+                                np.random.default_rng(index), self.require_depth)
 
 
 class VideoDataModule(TrackingDataModule):
@@ -112,7 +121,8 @@ class VideoDataModule(TrackingDataModule):
         return VideoClipStream(self.train_urls, self.cfg, rank, world)
 
     def make_eval_dataset(self) -> VideoEvalClips:
-        return VideoEvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len, self.cfg.num_tracks)
+        return VideoEvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len, self.cfg.num_tracks,
+                              self.cfg.require_depth)
 
 
 @register_datamodule("video", VideoDataConfig)

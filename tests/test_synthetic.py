@@ -218,3 +218,63 @@ def test_invalid_config_is_rejected(bad: dict) -> None:
 def test_negative_seed_is_rejected() -> None:
     with pytest.raises(ValueError, match="seed"):
         generate_clip(-1)
+
+
+def _hue(rgb: np.ndarray) -> np.ndarray:
+    """Angle of the zero-luminance part of RGB colours (..., 3), in the generator's hue plane."""
+    luma = np.array([0.299, 0.587, 0.114])
+    first = np.cross(luma, [0.0, 0.0, 1.0])
+    second = np.cross(luma / np.linalg.norm(luma), first / np.linalg.norm(first))
+    chroma = rgb - (rgb @ luma)[..., None]
+    return np.arctan2(chroma @ second, chroma @ first)
+
+
+def _hue_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(np.angle(np.exp(1j * (a - b))))
+
+
+@pytest.mark.parametrize("seed", (0, 5))
+def test_colour_classes_recolour_by_class_without_moving_anything(seed: int) -> None:
+    plain = render_clip(seed, SyntheticConfig(num_frames=8))
+    classes = 4
+    coloured = render_clip(seed, SyntheticConfig(num_frames=8, colour_classes=classes))
+    for key in ("tracks", "visible", "depth", "track_depth", "track_layer", "layers"):
+        np.testing.assert_array_equal(getattr(plain, key), getattr(coloured, key), err_msg=key)
+    assert np.abs(plain.frames.astype(int) - coloured.frames).mean() > 10
+
+    layer_class = np.array(coloured.meta["layer_class"])
+    assert len(layer_class) == coloured.meta["num_objects"] + 1
+    assert ((layer_class >= 0) & (layer_class < classes)).all()
+    # One hue per class: points of the same class (one layer or several) share it, other classes
+    # sit at least most of a hue step away.
+    point_class = layer_class[coloured.track_layer]
+    hue = _hue(coloured.track_colour)
+    class_hue = {}
+    for c in np.unique(point_class):
+        mine = hue[point_class == c]
+        centre = np.angle(np.exp(1j * mine).mean())
+        assert np.percentile(_hue_gap(mine, centre), 95) < 0.15, f"class {c} hue spread"
+        class_hue[c] = centre
+    for a in class_hue:
+        for b in class_hue:
+            if a < b:
+                assert _hue_gap(class_hue[a], class_hue[b]) > 0.7 * 2 * np.pi / classes
+
+
+def test_colour_class_signature_is_luminance_only_and_varies_per_frame() -> None:
+    clip = render_clip(3, SyntheticConfig(num_frames=8, colour_classes=4, class_signature=30.0))
+    T, H, W, _ = clip.frames.shape
+    x0 = np.clip(np.floor(clip.tracks[..., 0]).astype(int), 0, W - 2)
+    y0 = np.clip(np.floor(clip.tracks[..., 1]).astype(int), 0, H - 2)
+    t = np.arange(T)[:, None]
+    own = clip.visible.copy()
+    for dy in (0, 1):
+        for dx in (0, 1):
+            own &= clip.layers[t, y0 + dy, x0 + dx] == clip.track_layer
+    diff = _bilinear(clip.frames, clip.tracks) - clip.track_colour  # the grating (+ rounding)
+    grey = diff.mean(-1)
+    chroma_part = np.abs(diff - grey[..., None]).mean(-1)[own]
+    assert np.median(chroma_part) < 2.0  # the signature changes luminance, not hue
+    # Its contrast is redrawn per frame: per-frame spread of the background's grating varies.
+    spread = [np.abs(grey[k][own[k] & (clip.track_layer == 0)]).mean() for k in range(T)]
+    assert max(spread) > 2.5 * min(spread) and max(spread) > 6.0

@@ -1,6 +1,7 @@
 """Cost of turning Depth Anything V2 into a video model with Tracktention, measured in one run.
 
-For each encoder: parameters of the image model and of the Tracktention layers (default
+For each encoder: FLOPs of one clip through the image and the video model (counted on the meta
+device, so the ratio is device-independent), parameters of the image model and of the Tracktention layers (default
 placement and width, models/video_depth.py), and the latency of one clip through the image model
 frame by frame vs. through the video model (same weights, same input, same process, interleaved
 repeats, median), so the overhead is a ratio against a baseline measured alongside it. Then the
@@ -9,6 +10,7 @@ cost does not depend on them) on `--queries` random space-time queries, tracked 
 
     python tools/bench_video_depth.py                                  # 518x518, 16 frames, 576 tracks
     python tools/bench_video_depth.py --size 224 --tracker-resolution 192 256   # reduced, for CPUs
+    python tools/bench_video_depth.py --flops-only --tracks 576 108            # FLOP table only
 
 At a reduced size the grid has fewer tokens while the track count stays, so Tracktention's share
 is larger than at 518 (576 tracks vs 1369 tokens there); `--tracks` takes several counts, e.g. the
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,6 +77,22 @@ def bench_encoder(encoder: str, size: int, frames: int, track_counts: list[int],
     return rows
 
 
+def count_flops(encoder: str, size: int, frames: int, tracks: int) -> tuple[int, int]:
+    """FLOPs of one clip through the image model and the video model, counted on the meta device
+    (no memory, no time): the device-independent share of Tracktention."""
+    with torch.device("meta"):
+        model = VideoDepthAnything(VideoDepthConfig(encoder=encoder)).eval()
+        video = torch.empty(1, frames, 3, size, size)
+        points = torch.empty(1, frames, tracks, 2)
+        visible = torch.ones(1, frames, tracks, dtype=torch.bool)
+    counts = []
+    for run in (lambda: model.forward_image(video), lambda: model(video, points, visible)):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            run()
+        counts.append(counter.get_total_flops())
+    return counts[0], counts[1]
+
+
 def bench_tracker(frames: int, size: int, queries: int, resolution: tuple[int, int], repeats: int,
                   device: torch.device) -> float:
     torch.manual_seed(0)
@@ -94,12 +113,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracker-resolution", type=int, nargs=2, default=[384, 512])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--flops-only", action="store_true", help="only the FLOP table (instant, any machine)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"FLOPs per clip ({args.frames} x {args.size}x{args.size}), counted by FlopCounterMode\n")
+    print("| encoder | tracks | image model TFLOP | video model TFLOP | FLOP overhead |")
+    print("|---|---|---|---|---|")
+    for encoder in args.encoders:
+        for m in args.tracks:
+            image, video = count_flops(encoder, args.size, args.frames, m)
+            print(f"| {encoder} | {m} | {image / 1e12:.2f} | {video / 1e12:.2f} | {video / image - 1:+.1%} |")
+    if args.flops_only:
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; clip {args.frames} x {args.size}x{args.size}; fp32; median of {args.repeats}\n")
+    print(f"\ndevice: {name}; clip {args.frames} x {args.size}x{args.size}; fp32; median of {args.repeats}\n")
     print("| encoder | tracks | image params | + Tracktention params | layers after blocks | image model s/clip "
           "| video model s/clip | latency overhead |")
     print("|---|---|---|---|---|---|---|---|")
