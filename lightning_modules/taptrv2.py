@@ -39,6 +39,23 @@ class TaptrV2ModelConfig:
     ema_decay: Optional[float] = 0.9997  # None: no weight averaging
     loss: TaptrV2LossConfig = field(default_factory=TaptrV2LossConfig)
     max_consecutive_nonfinite: int = 20  # skipped NaN/Inf steps in a row before training stops
+    # Evaluation pads each video's queries to this many with dummy points, as the reference does
+    # (num_queries_per_video_eval): points interact through spatial self-attention, so the count
+    # changes the real points' tracks. 0 turns it off.
+    eval_num_queries: int = 800
+
+
+def dummy_queries(video_shape: torch.Size, count: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    """(B, count, 3) padding queries drawn as the reference's evaluation draws them: integer pixels
+    at least 1/16 of the frame away from its borders, query frame uniform in the first 12 frames
+    (fewer if the clip is shorter). Seeded, so every evaluation uses the same dummies. The
+    reference also keeps them >= 1 px from the real points; that rule is not applied here."""
+    B, T, _, H, W = video_shape
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, min(12, T), (B, count, 1), generator=g)
+    x = torch.randint(W // 16, W - W // 16, (B, count, 1), generator=g)
+    y = torch.randint(H // 16, H - H // 16, (B, count, 1), generator=g)
+    return torch.cat([t, x, y], dim=-1).float().to(device)
 
 
 def build_taptrv2(m: DictConfig) -> TaptrV2:
@@ -91,5 +108,9 @@ class TaptrV2Module(PointTrackingModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def predict_tracks(self, video: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = queries.shape[1]
+        padding = self.cfg.model.eval_num_queries - n
+        if padding > 0:
+            queries = torch.cat([queries, dummy_queries(video.shape, padding, queries.device).to(queries.dtype)], 1)
         out = self.model(video, queries)
-        return out.tracks, out.visible
+        return out.tracks[:, :, :n], out.visible[:, :, :n]

@@ -179,6 +179,26 @@ def test_optimiser_groups_schedule_and_ema_callback(tmp_path) -> None:
     assert not any(isinstance(c, ExponentialMovingAverage) for c in module.default_callbacks())
 
 
+def test_evaluation_pads_queries_with_seeded_dummies_and_returns_the_real_ones(tmp_path) -> None:
+    _, cfg = load_config(tiny_taptr_args(tmp_path, **{"model.eval_num_queries": 20}))
+    module = TaptrV2Module(cfg).eval()
+    seen = []
+    forward = module.model.forward
+    module.model.forward = lambda video, queries: seen.append(queries.clone()) or forward(video, queries)
+    video = torch.rand(1, 8, 3, 32, 32) * 255
+    queries = torch.tensor([[[0.0, 5.0, 7.0], [3.0, 20.0, 11.0]]])
+    with torch.no_grad():
+        tracks, visible = module.predict_tracks(video, queries)
+        module.predict_tracks(video, queries)
+    assert tracks.shape == (1, 8, 2, 2) and visible.shape == (1, 8, 2)
+    padded = seen[0]
+    assert padded.shape == (1, 20, 3) and torch.equal(padded[:, :2], queries)
+    dummies = padded[0, 2:]
+    assert (dummies == dummies.round()).all() and dummies[:, 0].max() < 8  # integer pixels, early frames
+    assert dummies[:, 1:].min() >= 2 and dummies[:, 1:].max() <= 29  # 1/16 of 32 px from the borders
+    assert torch.equal(seen[1], padded)  # the same dummies every evaluation
+
+
 def test_build_loads_resnet_weights_and_the_official_checkpoint(tmp_path) -> None:
     from lightning_modules.taptrv2 import build_taptrv2
 
