@@ -20,6 +20,7 @@ from lightning_modules.point_tracking import PointTrackingModule
 from lightning_modules.registry import register_family
 from lightning_modules.taptrv2_loss import TaptrV2LossConfig, taptrv2_loss
 from models.taptrv2 import TaptrV2, TaptrV2Config, load_resnet50_imagenet, load_taptrv2_checkpoint
+from models.track_ops import before_query_frame, reverse_queries
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class TaptrV2ModelConfig:
     # (num_queries_per_video_eval): points interact through spatial self-attention, so the count
     # changes the real points' tracks. 0 turns it off.
     eval_num_queries: int = 800
+    # Frames before a query's frame come from a pass over the time-reversed clip, as the reference
+    # fuses its strided evaluation. None: only when the data's query_mode is "strided".
+    eval_backward: Optional[bool] = None
 
 
 def dummy_queries(video_shape: torch.Size, count: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -108,6 +112,19 @@ class TaptrV2Module(PointTrackingModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def predict_tracks(self, video: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tracks, visible = self._track_padded(video, queries)
+        backward = self.cfg.model.eval_backward
+        if backward is None:
+            backward = self.cfg.data.get("query_mode", "first") == "strided"
+        if backward:
+            T = video.shape[1]
+            back_tracks, back_visible = self._track_padded(video.flip(1), reverse_queries(queries, T))
+            before = before_query_frame(queries, T)
+            tracks = torch.where(before.unsqueeze(-1), back_tracks.flip(1), tracks)
+            visible = torch.where(before, back_visible.flip(1), visible)
+        return tracks, visible
+
+    def _track_padded(self, video: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = queries.shape[1]
         padding = self.cfg.model.eval_num_queries - n
         if padding > 0:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.cotracker3 import CoTrackerThree
-from models.track_ops import points_on_grid
+from models.track_ops import before_query_frame, points_on_grid, reverse_queries
 
 VISIBILITY_RULES = {"vis_conf": 0.6, "vis": 0.9}
 
@@ -98,9 +98,8 @@ class CoTrackerThreePredictor(nn.Module):
         tracks, vis, conf = out.tracks, out.vis, out.conf
         q_frames = model_queries[..., 0].long()
         if backward_tracking:
-            reversed_queries = torch.cat([(T - 1 - q_frames).to(video.dtype).unsqueeze(-1), model_queries[..., 1:]], -1)
-            back = self.model(video.flip(1), reversed_queries, iters=self.iters)
-            before = torch.arange(T, device=video.device).view(1, T, 1) < q_frames.unsqueeze(1)
+            back = self.model(video.flip(1), reverse_queries(model_queries, T), iters=self.iters)
+            before = before_query_frame(model_queries, T)
             tracks = torch.where(before.unsqueeze(-1), back.tracks.flip(1), tracks)
             vis = torch.where(before, back.vis.flip(1), vis)
             conf = torch.where(before, back.conf.flip(1), conf)

@@ -94,3 +94,14 @@ def points_on_grid(size: int, extent: tuple[float, float], center: tuple[float, 
     xs = torch.linspace(margin - W / 2 + cx, W / 2 + cx - margin, size, device=device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx, gy], dim=-1).reshape(1, -1, 2)
+
+
+def reverse_queries(queries: Tensor, num_frames: int) -> Tensor:
+    """Queries (B, N, 3) as (t, x, y) for the time-reversed clip: frame t becomes T - 1 - t."""
+    return torch.cat([(num_frames - 1 - queries[..., :1].round()), queries[..., 1:]], dim=-1)
+
+
+def before_query_frame(queries: Tensor, num_frames: int) -> Tensor:
+    """(B, T, N) bool: True at the frames before each query's frame (what a forward tracker cannot see)."""
+    frames = torch.arange(num_frames, device=queries.device).view(1, num_frames, 1)
+    return frames < queries[..., 0].round().long().unsqueeze(1)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import open_dict
 
 import train
 from callbacks.ema import ExponentialMovingAverage
@@ -197,6 +198,37 @@ def test_evaluation_pads_queries_with_seeded_dummies_and_returns_the_real_ones(t
     assert (dummies == dummies.round()).all() and dummies[:, 0].max() < 8  # integer pixels, early frames
     assert dummies[:, 1:].min() >= 2 and dummies[:, 1:].max() <= 29  # 1/16 of 32 px from the borders
     assert torch.equal(seen[1], padded)  # the same dummies every evaluation
+
+
+@pytest.mark.parametrize("query_mode, backward", [("strided", None), ("first", True)])
+def test_frames_before_the_query_come_from_the_time_reversed_pass(tmp_path, query_mode, backward) -> None:
+    _, cfg = load_config(tiny_taptr_args(tmp_path, **{"model.eval_backward": "null" if backward is None else backward}))
+    with open_dict(cfg.data):
+        cfg.data.query_mode = query_mode  # as the TAP-Vid data config sets it
+    module = TaptrV2Module(cfg)
+    calls = []
+
+    def fake_pass(video, queries):  # forward pass: zeros / occluded; reversed pass: ones / visible
+        calls.append(queries.clone())
+        value = float(len(calls) - 1)
+        B, T, N = video.shape[0], video.shape[1], queries.shape[1]
+        return torch.full((B, T, N, 2), value), torch.full((B, T, N), bool(value))
+
+    module._track_padded = fake_pass
+    queries = torch.tensor([[[0.0, 1.0, 1.0], [3.0, 2.0, 2.0], [7.0, 3.0, 3.0]]])
+    tracks, visible = module.predict_tracks(torch.zeros(1, 8, 3, 32, 32), queries)
+    assert torch.equal(calls[1][0, :, 0], torch.tensor([7.0, 4.0, 0.0]))  # t -> T - 1 - t
+    expected = torch.arange(8).view(8, 1) < queries[0, :, 0].view(1, 3)
+    assert torch.equal(visible[0], expected) and torch.equal(tracks[0, ..., 0], expected.float())
+
+
+def test_first_mode_evaluation_runs_forwards_only(tmp_path) -> None:
+    _, cfg = load_config(tiny_taptr_args(tmp_path))
+    module = TaptrV2Module(cfg)
+    calls = []
+    module._track_padded = lambda video, queries: calls.append(1) or (torch.zeros(1, 8, 1, 2), torch.ones(1, 8, 1, dtype=torch.bool))
+    module.predict_tracks(torch.zeros(1, 8, 3, 32, 32), torch.tensor([[[3.0, 1.0, 1.0]]]))
+    assert len(calls) == 1
 
 
 def test_build_loads_resnet_weights_and_the_official_checkpoint(tmp_path) -> None:
