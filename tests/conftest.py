@@ -19,6 +19,19 @@ from datamodules.synthetic import SyntheticConfig, generate_clip  # noqa: E402
 TINY = SyntheticConfig(height=32, width=32, num_frames=12, num_tracks=64)
 
 
+def tracking_batch(num_frames: int, num_queries: int = 16) -> dict[str, torch.Tensor]:
+    """One 32x32 synthetic clip as a tracking batch, queries at frame 0 on points visible there."""
+    clip = generate_clip(3, SyntheticConfig(height=32, width=32, num_frames=num_frames, num_tracks=64))
+    video = torch.as_tensor(clip["frames"]).permute(0, 3, 1, 2).float()[None]
+    tracks = torch.as_tensor(clip["tracks"]).float()[None]
+    visible = torch.as_tensor(clip["visible"])[None]
+    keep = visible[0, 0].nonzero().flatten()[:num_queries]
+    tracks, visible = tracks[:, :, keep], visible[:, :, keep]
+    queries = torch.cat([torch.zeros(1, len(keep), 1), tracks[:, 0]], -1)
+    return {"video": video, "tracks": tracks, "visible": visible, "valid": torch.ones_like(visible),
+            "queries": queries}
+
+
 def write_clips(directory: Path, seeds: range, per_shard: int, cfg: SyntheticConfig = TINY, prefix: str = "clips") -> list[str]:
     with ShardWriter(directory, prefix=prefix, max_count=per_shard) as writer:
         for seed in seeds:

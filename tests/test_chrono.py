@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader
 
 import train
 from configs.loader import load_config
-from datamodules.synthetic import SyntheticConfig, generate_clip
 from lightning_modules.chrono import ChronoLossConfig, ChronoModule, chrono_loss
 from models.checkpoint_io import CheckpointMismatchError
 from models.chrono import (
@@ -24,6 +23,7 @@ from models.chrono import (
     local_soft_argmax,
 )
 from models.dinov2 import imagenet_normalize
+from tests.conftest import tracking_batch
 from tests.tiny_run import TINY_MODEL, tiny_run_args
 
 # 64x64 input (8x8 tokens of patch 8); 3 blocks -> 2 adapters.
@@ -158,15 +158,7 @@ def test_loss_on_a_hand_case() -> None:
 
 
 def synthetic_batch(num_queries: int = 16) -> dict[str, torch.Tensor]:
-    clip = generate_clip(3, SyntheticConfig(height=32, width=32, num_frames=6, num_tracks=64))
-    video = torch.as_tensor(clip["frames"]).permute(0, 3, 1, 2).float()[None]
-    tracks = torch.as_tensor(clip["tracks"]).float()[None]
-    visible = torch.as_tensor(clip["visible"])[None]
-    keep = visible[0, 0].nonzero().flatten()[:num_queries]
-    tracks, visible = tracks[:, :, keep], visible[:, :, keep]
-    queries = torch.cat([torch.zeros(1, len(keep), 1), tracks[:, 0]], -1)
-    return {"video": video, "tracks": tracks, "visible": visible, "valid": torch.ones_like(visible),
-            "queries": queries}
+    return tracking_batch(num_frames=6, num_queries=num_queries)
 
 
 def test_overfits_one_batch() -> None:

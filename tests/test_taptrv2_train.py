@@ -11,10 +11,10 @@ from omegaconf import open_dict
 import train
 from callbacks.ema import ExponentialMovingAverage
 from configs.loader import load_config
-from datamodules.synthetic import SyntheticConfig, generate_clip
 from lightning_modules.taptrv2 import TaptrV2Module
 from lightning_modules.taptrv2_loss import TaptrV2LossConfig, taptrv2_loss
 from models.taptrv2 import TaptrV2, TaptrV2Config
+from tests.conftest import tracking_batch
 from tests.tiny_run import TINY_MODEL, tiny_run_args
 
 LN2 = math.log(2.0)
@@ -117,15 +117,7 @@ TINY_TAPTR = dict(d_model=16, nheads=2, norm_groups=4, enc_layers=1, dec_layers=
 
 
 def synthetic_batch(num_queries: int = 16) -> dict[str, torch.Tensor]:
-    clip = generate_clip(3, SyntheticConfig(height=32, width=32, num_frames=8, num_tracks=64))
-    video = torch.as_tensor(clip["frames"]).permute(0, 3, 1, 2).float()[None]
-    tracks = torch.as_tensor(clip["tracks"]).float()[None]
-    visible = torch.as_tensor(clip["visible"])[None]
-    keep = visible[0, 0].nonzero().flatten()[:num_queries]
-    tracks, visible = tracks[:, :, keep], visible[:, :, keep]
-    queries = torch.cat([torch.zeros(1, len(keep), 1), tracks[:, 0]], -1)
-    return {"video": video, "tracks": tracks, "visible": visible, "valid": torch.ones_like(visible),
-            "queries": queries}
+    return tracking_batch(num_frames=8, num_queries=num_queries)
 
 
 def test_overfits_one_batch() -> None:
