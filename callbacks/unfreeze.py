@@ -73,3 +73,8 @@ class StagedUnfreeze(L.Callback):
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
             p.grad /= trainer.world_size
+
+
+def staged_unfreeze_callbacks(stages: Sequence[object]) -> list[L.Callback]:
+    """[StagedUnfreeze] for config stages (objects with `step` and `prefixes`), or [] when there are none."""
+    return [StagedUnfreeze([(s.step, list(s.prefixes)) for s in stages])] if stages else []

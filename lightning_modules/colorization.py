@@ -135,12 +135,10 @@ class ColorizationModule(NonFiniteGuard, L.LightningModule):
 
     def default_callbacks(self) -> list[L.Callback]:
         from callbacks.colorization_video import ColorizationVideoLogger
-        from callbacks.unfreeze import StagedUnfreeze
+        from callbacks.unfreeze import staged_unfreeze_callbacks
 
-        callbacks: list[L.Callback] = [ColorizationVideoLogger(self.cfg.wandb.log_media_every_n_validations)]
-        if self.cfg.model.unfreeze:
-            callbacks.append(StagedUnfreeze([(s.step, list(s.prefixes)) for s in self.cfg.model.unfreeze]))
-        return callbacks
+        return [ColorizationVideoLogger(self.cfg.wandb.log_media_every_n_validations),
+                *staged_unfreeze_callbacks(self.cfg.model.unfreeze)]
 
     def on_fit_start(self) -> None:
         frozen_image = any(not p.requires_grad for p in self.model.image.parameters())

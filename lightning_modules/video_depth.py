@@ -96,12 +96,10 @@ class VideoDepthModule(NonFiniteGuard, L.LightningModule):
 
     def default_callbacks(self) -> list[L.Callback]:
         from callbacks.depth_video import DepthVideoLogger
-        from callbacks.unfreeze import StagedUnfreeze
+        from callbacks.unfreeze import staged_unfreeze_callbacks
 
-        callbacks: list[L.Callback] = [DepthVideoLogger(self.cfg.wandb.log_media_every_n_validations)]
-        if self.cfg.model.unfreeze:
-            callbacks.append(StagedUnfreeze([(s.step, list(s.prefixes)) for s in self.cfg.model.unfreeze]))
-        return callbacks
+        return [DepthVideoLogger(self.cfg.wandb.log_media_every_n_validations),
+                *staged_unfreeze_callbacks(self.cfg.model.unfreeze)]
 
     def model_tracks(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Tracks fed to the model: the on-the-fly tracker's, else the batch's; None for an image model."""

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -415,6 +417,23 @@ class Tracktention(nn.Module):
         tokens = features.flatten(-2).transpose(-1, -2)  # (..., h*w, C)
         out = self.forward(tokens, tracks, (h, w), image_hw, visible)
         return out.transpose(-1, -2).unflatten(-1, (h, w))
+
+
+@dataclass
+class TracktentionLayerConfig:
+    """Hyper-parameters every Tracktention layer of a video model shares (configs extend it with placement)."""
+
+    num_heads: int = 8
+    sigma: float = 0.5
+    track_transformer_layers: int = 2
+    mask_invisible: bool = True
+    rope: bool = False
+    frame_chunk: Optional[int] = None
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`Tracktention` (and :class:`TracktentionSet`)."""
+        return dict(num_heads=self.num_heads, sigma=self.sigma, track_transformer_layers=self.track_transformer_layers,
+                    mask_invisible=self.mask_invisible, rope=self.rope, frame_chunk=self.frame_chunk)
 
 
 class TracktentionSet(nn.Module):

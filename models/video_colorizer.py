@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from models.checkpoint_io import CheckpointMismatchError, load_strict, read_state_dict
-from models.tracktention import TracktentionSet
+from models.tracktention import TracktentionLayerConfig, TracktentionSet
 
 @dataclass(frozen=True)
 class ColorizerArch:
@@ -75,18 +75,12 @@ def build_image_colorizer(arch: str, config: Any) -> nn.Module:
 
 
 @dataclass
-class ColorTracktentionConfig:
+class ColorTracktentionConfig(TracktentionLayerConfig):
     """Tracktention layers of the video colorizer: after which colorizer stages, and how wide."""
 
     enabled: bool = True
     stages: Optional[list[int]] = None  # stage indices of the colorizer contract; required when enabled
     inner_dim: Optional[int] = None  # track-token width; None = each stage's own width
-    num_heads: int = 8
-    sigma: float = 0.5
-    track_transformer_layers: int = 2
-    mask_invisible: bool = True
-    rope: bool = False
-    frame_chunk: Optional[int] = None
 
 
 class VideoColorizer(nn.Module):
@@ -106,9 +100,7 @@ class VideoColorizer(nn.Module):
                 raise ValueError(f"tracktention.stages {list(t.stages)} out of range for a colorizer with "
                                  f"{len(channels)} stages (channels {channels})")
             self.tracktention = TracktentionSet(
-                [channels[s] for s in t.stages], list(t.stages), num_heads=t.num_heads, inner_dim=t.inner_dim,
-                sigma=t.sigma, track_transformer_layers=t.track_transformer_layers,
-                mask_invisible=t.mask_invisible, rope=t.rope, frame_chunk=t.frame_chunk)
+                [channels[s] for s in t.stages], list(t.stages), inner_dim=t.inner_dim, **t.layer_kwargs())
 
     def load_image_weights(self, path: str | os.PathLike,
                            reader: Callable[[str | os.PathLike], dict[str, Tensor]] = read_state_dict) -> None:

@@ -35,25 +35,19 @@ from torch import Tensor, nn
 from models.checkpoint_io import CheckpointMismatchError, load_strict, read_state_dict
 from models.depth_anything_v2 import DepthAnythingV2, network_input_size
 from models.dinov2 import imagenet_normalize
-from models.tracktention import TracktentionSet
+from models.tracktention import TracktentionLayerConfig, TracktentionSet
 
 # Track-token width per encoder (see the module docstring); 8 heads everywhere.
 DEFAULT_INNER_DIM = {"vits": 256, "vitb": 384, "vitl": 384, "vitg": 512}
 
 
 @dataclass
-class TracktentionConfig:
+class TracktentionConfig(TracktentionLayerConfig):
     """Where and how wide the Tracktention layers are; `blocks` None = the DPT tap blocks."""
 
     enabled: bool = True
     blocks: Optional[list[int]] = None
     inner_dim: Optional[int] = None  # None -> DEFAULT_INNER_DIM[encoder] (capped at the encoder width)
-    num_heads: int = 8
-    sigma: float = 0.5
-    track_transformer_layers: int = 2
-    mask_invisible: bool = True
-    rope: bool = False
-    frame_chunk: Optional[int] = None
 
 
 @dataclass
@@ -105,9 +99,7 @@ class VideoDepthAnything(nn.Module):
                                  f"{len(self.image.pretrained.blocks)} encoder blocks")
             inner = t.inner_dim if t.inner_dim is not None else min(DEFAULT_INNER_DIM[cfg.encoder], width)
             self.tracktention = TracktentionSet(
-                width, blocks, num_heads=t.num_heads, inner_dim=inner, sigma=t.sigma,
-                track_transformer_layers=t.track_transformer_layers, mask_invisible=t.mask_invisible,
-                rope=t.rope, frame_chunk=t.frame_chunk)
+                width, blocks, inner_dim=inner, **t.layer_kwargs())
 
     @property
     def patch_size(self) -> int:
