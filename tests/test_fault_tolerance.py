@@ -74,14 +74,20 @@ def test_sigkill_during_a_checkpoint_write_leaves_a_loadable_file(tmp_path):
 class Training:
     """A real `train.py` subprocess whose merged output is collected line by line."""
 
+    stripped_env_prefixes: tuple[str, ...] = ()  # variables of the test's own environment the run must not see
+
     def __init__(self, args: list[str], extra_env: dict[str, str] | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
-               **(extra_env or {})}
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
+        env = {k: v for k, v in os.environ.items() if not k.startswith(self.stripped_env_prefixes)}
+        env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **(extra_env or {})})
+        # Own session: a run that hangs is killed with all its processes (torchrun's workers too).
+        self.proc = subprocess.Popen(self.command(args), cwd=REPO, env=env, start_new_session=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")))
         self._reader.start()
+
+    def command(self, args: list[str]) -> list[str]:
+        return [sys.executable, str(REPO / "train.py"), *args]
 
     def wait_for(self, pattern: str, timeout: float = 240) -> None:
         deadline = time.time() + timeout
@@ -90,7 +96,11 @@ class Training:
             time.sleep(0.1)
 
     def finish(self, timeout: float = 240) -> int:
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise AssertionError(f"still running after {timeout} s (hung?):\n{self.output[-3000:]}") from None
         self._reader.join()
         return code
 
@@ -176,3 +186,86 @@ def test_slurm_preemption_signal_requeues_and_the_requeued_job_resumes(tmp_path)
     assert _step(last) >= _step(hpc) >= 1
     assert "tracklight" in torch.load(hpc, map_location="cpu", weights_only=True)
     _resume_and_check(tmp_path, _step(last))
+
+
+# --- 2-process DDP (torchrun, CPU / gloo) ---------------------------------------------------------------------
+
+CADENCE = 2  # steps between cadence checkpoints: the first one on disk proves training is under way
+
+
+class TorchrunTraining(Training):
+    """`torchrun --nproc_per_node 2 train.py` on CPU; `proc` is the launcher, the workers are its children."""
+
+    # A test run inside a SLURM job or under torchrun must not inherit that launcher's layout.
+    stripped_env_prefixes = ("SLURM_", "TORCHELASTIC_")
+
+    def command(self, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(REPO / "train.py"), *args]
+
+    def worker_pid(self, rank: int) -> int:
+        # torchrun starts each worker as its own child process with RANK in its environment.
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    return int(pid)
+        raise AssertionError(f"no worker with RANK={rank} under torchrun pid {self.proc.pid}")
+
+
+def _ddp_args(tmp_path: Path, **extra: object) -> list[str]:
+    return tiny_run_args(tmp_path, **{"trainer.accelerator": "cpu", "trainer.devices": "auto",
+                                      "trainer.num_nodes": "auto", "checkpoint.every_n_steps": CADENCE,
+                                      "checkpoint.monitor": "null", "trainer.val_check_interval": 100000,
+                                      "resume": "auto", **extra})
+
+
+def _wait_for_file(path: Path, run: Training, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert run.proc.poll() is None and time.time() < deadline, run.output[-3000:]
+        time.sleep(0.1)
+
+
+def _stop_ddp_run(tmp_path: Path, signal_target: str, signum: int) -> str:
+    """Start a long 2-rank run, signal it once it has made progress, check last.ckpt; return the run's output."""
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    run = TorchrunTraining(_ddp_args(tmp_path, **{"trainer.max_steps": 100000}))
+    _wait_for_file(last, run)  # the first cadence checkpoint: both ranks are stepping
+    pid = run.proc.pid if signal_target == "launcher" else run.worker_pid(1)
+    os.kill(pid, signum)
+    code = run.finish(timeout=90)  # a hang (ranks stopping at different steps) fails here
+    assert code != 0, run.output[-3000:]  # an unfinished run must not look finished to a scheduler
+
+    saved = re.findall(r"stopped by a signal at step (\d+); saved (\S+)", run.output)
+    assert len(saved) == 1, run.output[-3000:]  # rank 0 reports the one checkpoint all ranks agreed on
+    stopped_at = int(saved[0][0])
+    assert Path(saved[0][1]) == last and stopped_at >= CADENCE
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["global_step"] == stopped_at and state["tracklight"]["world_size"] == 2
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # no half-written temporaries
+    _resume_ddp_and_check(tmp_path, stopped_at)
+    return run.output
+
+
+def _resume_ddp_and_check(tmp_path: Path, stopped_at: int) -> None:
+    resumed = TorchrunTraining(_ddp_args(tmp_path, **{"trainer.max_steps": stopped_at + 2}))
+    assert resumed.finish(timeout=120) == 0, resumed.output[-3000:]
+    assert "Restoring states from the checkpoint path" in resumed.output
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == stopped_at + 2
+    assert {int(s["step"]) for s in state["optimizer_states"][0]["state"].values()} == {stopped_at + 2}
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_both_ranks_with_one_checkpoint_and_resume_continues(tmp_path):
+    output = _stop_ddp_run(tmp_path, "launcher", signal.SIGTERM)
+    assert output.count("received signal 15") == 2  # torchrun passed it on to both workers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, signum):
+    # What a pre-empted node in a multi-node job sees: only its own ranks get the signal.
+    output = _stop_ddp_run(tmp_path, "rank1", signum)
+    assert output.count("received signal 15") == 1  # SIGUSR1 arrives as SIGTERM (no SLURM auto-requeue here)
+    # Rank 0 saved last.ckpt behind a barrier that rank 1 had to join: both stopped at the same step.
