@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from callbacks.fsdp import TracklightFSDPStrategy
 from callbacks.prediction_writer import NpzPredictionWriter
 from callbacks.run_metadata import IncompatibleCheckpointError, RunMetadata, check_resume_compatible
 from callbacks.signals import INTERRUPTED_EXIT_CODE, CheckpointOnSignal
@@ -94,16 +95,14 @@ def fsdp_strategy(cfg: DictConfig) -> FSDPStrategy:
     f = cfg.trainer.fsdp
     blocks = {_import_class(path) for path in f.wrap}
     # Full state dicts keep checkpoints single files (atomic writes, resume=auto, model.init_from).
-    return FSDPStrategy(auto_wrap_policy=blocks, sharding_strategy=f.sharding, state_dict_type="full",
-                        activation_checkpointing_policy=blocks if f.activation_checkpointing else None)
+    return TracklightFSDPStrategy(
+        resolve_precision(cfg.trainer.precision), auto_wrap_policy=blocks, sharding_strategy=f.sharding,
+        state_dict_type="full", activation_checkpointing_policy=blocks if f.activation_checkpointing else None)
 
 
 def resolve_strategy(cfg: DictConfig, devices: Any, num_nodes: int) -> str | Strategy:
     strategy = cfg.trainer.strategy
     if strategy == "fsdp":
-        if cfg.trainer.accelerator not in ("auto", "cuda", "gpu") or not torch.cuda.is_available():
-            raise ConfigError("trainer.strategy=fsdp needs CUDA GPUs (Lightning's FSDP does not run on CPU); "
-                              "use trainer.strategy=ddp here")
         return fsdp_strategy(cfg)
     if strategy != "auto":
         return strategy
@@ -198,6 +197,9 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     from lightning_modules.registry import FAMILY_MODULES
 
     module = FAMILY_MODULES[cfg.model.family](cfg)
+    if cfg.trainer.channels_last:  # before compile, so the compiled graph sees channels-last weights
+        from models.memory_format import to_channels_last
+        to_channels_last(module.model)
     if cfg.trainer.compile:
         module.model.compile()
     return module

@@ -14,6 +14,8 @@ Logged (every training batch, `perf/` rates over the last `window` batches, glob
 
 DDP: nothing here communicates; each rank measures its own steps, rates are scaled by the
 world size (ranks run in lockstep), and gradients are already all-reduced when the norm is taken.
+FSDP: each rank holds a shard of the gradients, so the norm comes from FSDP's own (collective)
+norm computation.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.flop_counter import FlopCounterMode
 
 # Peak dense tensor-core TFLOP/s per GPU (vendor datasheets, without sparsity), by precision.
@@ -160,7 +163,11 @@ class ThroughputMonitor(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after backward (and AMP unscaling) and before gradient clipping.
-        norm = total_grad_norm(p for group in optimizer.param_groups for p in group["params"])
+        if isinstance(trainer.strategy, FSDPStrategy):
+            # An infinite limit makes FSDP's clip a no-op (scale 1) that returns the global norm over shards.
+            norm = trainer.strategy.model.clip_grad_norm_(float("inf"))
+        else:
+            norm = total_grad_norm(p for group in optimizer.param_groups for p in group["params"])
         if norm is not None:
             pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
         for i, group in enumerate(optimizer.param_groups):
