@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 @dataclass
 class FsdpConfig:
-    """`trainer.strategy=fsdp` (CUDA only): each instance of these classes becomes its own FSDP unit."""
+    """`trainer.strategy=fsdp` (CUDA, or CPU over gloo): each instance of these classes becomes its own FSDP unit."""
 
     wrap: list[str] = field(default_factory=lambda: [
         "models.dinov2.Block",  # DINOv2 / Depth Anything encoder blocks: the bulk of ViT-L/G parameters
@@ -47,6 +47,9 @@ class TrainerConfig:
     # torch.compile the family's network in place (nn.Module.compile: state-dict keys unchanged,
     # so checkpoints stay interchangeable with uncompiled runs).
     compile: bool = False
+    # Convert the family's network to channels-last memory format (models/memory_format.py): faster
+    # convolutions on GPU tensor cores; state-dict keys and values unchanged.
+    channels_last: bool = False
 
 
 @dataclass
