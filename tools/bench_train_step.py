@@ -255,7 +255,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; {args.model_size} configs; median of {args.steps} steps after {args.warmup} warm-up; "
           f"overrides {args.override or 'none'}\n", flush=True)
-    rows = [{"family": f, "variant": v, **run_in_subprocess(f, v, args)} for f in args.families for v in args.variants]
+    rows = []
+    for family in args.families:
+        for variant in args.variants:
+            rows.append({"family": family, "variant": variant, **run_in_subprocess(family, variant, args)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run keeps finished rows
     add_ratios(rows)
     print(markdown_table(rows), flush=True)
     if args.json:
