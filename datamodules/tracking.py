@@ -19,6 +19,7 @@ from datamodules.clip_sampling import TooFewTracks, cut_eval_sample, cut_trainin
 from datamodules.shard_reader import SkipCounter, iter_shard
 from datamodules.shards import Clip, decode_clip, expand_shards
 from datamodules.synthetic_shards import ensure_synthetic_shards
+from datamodules.workers import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +172,12 @@ class TrackingDataModule(L.LightningDataModule):
         stream = self.make_train_stream(*self._rank_world())
         workers = self.cfg.num_workers
         return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
-                          prefetch_factor=2 if workers else None)
+                          prefetch_factor=2 if workers else None, worker_init_fn=ignore_stop_signals)
 
     def _eval_loader(self) -> DataLoader:
         dataset = self.make_eval_dataset()
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
-                          num_workers=min(self.cfg.num_workers, len(dataset)))
+                          num_workers=min(self.cfg.num_workers, len(dataset)), worker_init_fn=ignore_stop_signals)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader()

@@ -134,12 +134,20 @@ def _resume_and_check(tmp_path: Path, stopped_at: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
-def test_a_signal_mid_training_checkpoints_the_current_step_and_resume_continues(tmp_path, signum):
-    run = Training(_run_args(tmp_path, **{"trainer.max_steps": 100000}))
+@pytest.mark.parametrize(("signum", "whole_group"), [(signal.SIGTERM, False), (signal.SIGUSR1, False),
+                                                     (signal.SIGTERM, True)],
+                         ids=["SIGTERM", "SIGUSR1", "SIGTERM-to-the-process-group"])
+def test_a_signal_mid_training_checkpoints_the_current_step_and_resume_continues(tmp_path, signum, whole_group):
+    # The process-group case is how SLURM, `timeout` and `kill -- -PGID` stop a job: the DataLoader
+    # worker gets the signal too, and must leave the stopping to the training process.
+    workers = {"data.num_workers": 1} if whole_group else {}
+    run = Training(_run_args(tmp_path, **{"trainer.max_steps": 100000, **workers}))
     run.wait_for(r"start-up:")
     time.sleep(3)  # a few training steps
-    run.proc.send_signal(signum)
+    if whole_group:
+        os.killpg(run.proc.pid, signum)
+    else:
+        run.proc.send_signal(signum)
     assert run.finish() == 128 + signal.SIGTERM, run.output[-3000:]
 
     match = re.search(r"stopped by a signal at step (\d+); saved (\S+)", run.output)
