@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.registry import register_family
 from lightning_modules.schedules import warmup_cosine
+from lightning_modules.video_evaluation import VideoMetricsEvaluation
 from lightning_modules.video_depth import UnfreezeStage
 from metrics.colorization import ColorizationMetrics
 from models.color import grey_rgb, l_ab_to_rgb, rgb_to_lab
@@ -115,7 +116,7 @@ def track_temporal_loss(pred_ab: torch.Tensor, target_ab: torch.Tensor, tracks: 
 
 
 @register_family("colorization", ColorizationModelConfig)
-class ColorizationModule(NonFiniteGuard, L.LightningModule):
+class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule):
     def __init__(self, cfg: DictConfig | dict) -> None:
         super().__init__()
         cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
@@ -184,9 +185,6 @@ class ColorizationModule(NonFiniteGuard, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------ evaluation
-    def on_validation_epoch_start(self) -> None:
-        self.media = None
-
     def _evaluate(self, batch: dict[str, torch.Tensor]) -> None:
         lab, ab = self(batch)
         l = lab[:, :, :1]
@@ -195,23 +193,6 @@ class ColorizationModule(NonFiniteGuard, L.LightningModule):
         if self.media is None and self.global_rank == 0:
             self.media = {"grey": grey_rgb(l[0]).detach().cpu(), "pred": pred_rgb[0].detach().cpu(),
                           "gt": batch["video"][0].detach().cpu()}
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def _log_metrics(self, stage: str) -> None:
-        for key, value in self.val_metrics.compute().items():  # compute() syncs the sum states
-            self.log(f"{stage}/{key}", value.float(), sync_dist=False)
-        self.val_metrics.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         lab, ab = self(batch)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_modules.depth_losses import DepthLossWeights, VideoDepthLoss, reciprocal_where_valid
 from lightning_modules.registry import register_family
 from lightning_modules.schedules import warmup_cosine
+from lightning_modules.video_evaluation import VideoMetricsEvaluation
 from lightning_modules.nonfinite import NonFiniteGuard
 from metrics.depth import VideoDepthMetrics, aligned_depth
 from models.cotracker3 import CoTrackerThreeConfig
@@ -70,7 +71,7 @@ def depth_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.T
 
 
 @register_family("video_depth", VideoDepthModelConfig)
-class VideoDepthModule(NonFiniteGuard, L.LightningModule):
+class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule):
     def __init__(self, cfg: DictConfig | dict) -> None:
         super().__init__()
         cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
@@ -136,9 +137,6 @@ class VideoDepthModule(NonFiniteGuard, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------ evaluation
-    def on_validation_epoch_start(self) -> None:
-        self.media = None
-
     def _evaluate(self, batch: dict[str, torch.Tensor]) -> None:
         pred = self(batch)
         _, depth, valid = depth_targets(batch)
@@ -150,23 +148,6 @@ class VideoDepthModule(NonFiniteGuard, L.LightningModule):
                 aligned = aligned_depth(pred[0, :, 0].detach(), depth[0, :, 0].double(), v, self.cfg.data.max_depth)
                 self.media = {"video": batch["video"][0].detach().cpu(), "pred_depth": aligned.float().cpu(),
                               "gt_depth": depth[0, :, 0].cpu(), "valid": v.cpu()}
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def _log_metrics(self, stage: str) -> None:
-        for key, value in self.val_metrics.compute().items():  # compute() syncs the sum states
-            self.log(f"{stage}/{key}", value, sync_dist=False)
-        self.val_metrics.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return {"disparity": self(batch).cpu(), "clip_id": batch["clip_id"].cpu()}
