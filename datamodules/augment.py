@@ -165,6 +165,9 @@ def augment_tracking_batch(
     queries, valid = requery(batch["queries"], tracks, visible, batch["valid"])
     out = dict(batch)
     out.update(video=video, tracks=tracks, visible=visible, queries=queries, valid=valid)
+    if "intrinsics" in batch:  # pixel coordinates moved by the affine: K' = A K (a flip gives a negative focal)
+        A = torch.cat([affine, affine.new_tensor([0.0, 0.0, 1.0]).expand(*affine.shape[:2], 1, 3)], dim=-2)
+        out["intrinsics"] = A @ batch["intrinsics"]
     if "depth" in batch:  # depth follows the geometry; nearest keeps invalid pixels from bleeding
         out["depth"] = warp_affine(batch["depth"].flatten(0, 1), affine.flatten(0, 1), dsize=out_hw,
                                    mode="nearest", align_corners=True).view(*video.shape[:2], 1, *out_hw)

@@ -4,10 +4,31 @@ One clip per sample. Members of a sample with key K (keys never contain dots):
 
     K.meta.json      {"schema_version", "height", "width", "num_frames", "num_tracks",
                       "fps", "source", "depth_kind" (optional), ...}
-    K.000.jpg ...    one JPEG per frame, zero-padded 3-digit index (4 digits past 999 frames)
-    K.tracks.npy     float32 (T, N, 2) pixel (x, y), pixel centres at integers
+    K.000.jpg ...    one image per frame, zero-padded 3-digit index (4 digits past 999 frames):
+                     JPEG (`.jpg`), or lossless PNG (`.png`, 8-bit RGB) where a clip must keep the
+                     source's exact pixels (evaluation sets converted from PNG sources)
+    K.tracks.npy     float32 (T, N, 2) pixel (x, y), pixel centres at integers; N may be 0
+                     (colour or depth clips without tracks: tools/extract_tracks.py adds them)
     K.visible.npy    bool (T, N), True = visible
-    K.depth.npz      optional: arrays `depth` float32 (T, H, W) and `valid` bool (T, H, W)
+    K.depth.npz      optional: arrays `depth` float32 (T, H, W) and `valid` bool (T, H, W);
+                     metric data stores metres (`meta.depth_units == "m"`)
+    K.camera.npz     optional: `intrinsics` float64 (T, 3, 3), pixels of the STORED frames;
+                     optional `cam_to_world` float64 (T, 4, 4) and `pose_valid` bool (T,)
+
+Camera convention (one for every dataset; converters translate the source's): OpenCV axes,
+x right, y down, z forward; `cam_to_world` maps camera coordinates to the source's world frame
+(X_world = cam_to_world @ [X_cam, 1]), metres; the world frame itself (its origin, which way is
+up) is the dataset's. Intrinsics follow the point convention above: pixel centres at integer
+coordinates, so u = fx X / Z + cx puts the centre of the top-left pixel at u = 0. Frames whose
+source pose is missing or not finite have `pose_valid` False and a NaN matrix.
+
+Provenance in `meta.json` (written by tools/convert.py; every field optional for readers):
+`dataset`, `sequence`, `split`, `source_frames` (the source's frame name or index per stored
+frame, so protocol selections such as [30:140] can be re-derived), `depth_units`,
+`depth_source` (the source encoding, e.g. "uint16 png / 1000"), `camera_convention`,
+`pose_source_convention`, `frame_format` ("jpeg" or "png"), `frames_lossless` (the stored
+frames decode to exactly the source's pixels: PNG members, or the source's own JPEG bytes),
+`benchmark` (protocol clips only: name, crop, depth cap; see datamodules/depth_benchmarks.py).
 
 Arrays are plain `.npy` / `.npz` read with `allow_pickle=False`; no member is ever
 unpickled. JPEG was chosen over a video codec because clips are sampled at random
@@ -20,7 +41,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +55,9 @@ from torch.utils.data import get_worker_info
 
 SCHEMA_VERSION = 1
 REQUIRED_MEMBERS = ("meta.json", "tracks.npy", "visible.npy")
-_FRAME_MEMBER = re.compile(r"^(\d{3,5})\.jpg$")
+_FRAME_MEMBER = re.compile(r"^(\d{3,5})\.(jpg|png)$")
+FRAME_FORMATS = ("jpeg", "png")
+CAMERA_CONVENTION = "opencv_cam_to_world"  # x right, y down, z forward; camera -> world; metres
 
 
 class ShardFormatError(ValueError):
@@ -43,15 +66,18 @@ class ShardFormatError(ValueError):
 
 @dataclass
 class Clip:
-    """A clip as stored: frames still JPEG-encoded so only the sampled frames are decoded."""
+    """A clip as stored: frames still encoded so only the sampled frames are decoded."""
 
     key: str
-    jpeg_frames: list[bytes]
+    jpeg_frames: list[bytes]  # encoded frames as stored: JPEG, or PNG in lossless shards
     tracks: np.ndarray  # float32 (T, N, 2)
     visible: np.ndarray  # bool (T, N)
     meta: dict[str, Any]
     depth: np.ndarray | None = None  # float32 (T, H, W)
     depth_valid: np.ndarray | None = None  # bool (T, H, W)
+    intrinsics: np.ndarray | None = None  # float64 (T, 3, 3), pixels of the stored frames
+    cam_to_world: np.ndarray | None = None  # float64 (T, 4, 4), OpenCV axes, metres
+    pose_valid: np.ndarray | None = None  # bool (T,), with cam_to_world
     source_url: str = ""
 
     @property
@@ -71,8 +97,19 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def encode_png(frame: np.ndarray) -> bytes:
+    # Level 1: most of the size gain of zlib at a fraction of level 6's time on photographs.
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def _is_jpeg(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8"
+
+
+def _is_png(data: bytes) -> bool:
+    return data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def decode_image(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
@@ -138,11 +175,18 @@ def encode_clip(
     extra_meta: dict[str, Any] | None = None,
     jpeg_quality: int = 90,
     encoded_frames: Sequence[bytes] | None = None,
+    frame_format: str = "jpeg",
+    intrinsics: np.ndarray | None = None,
+    cam_to_world: np.ndarray | None = None,
+    pose_valid: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Build a WebDataset sample dict for one clip, validating shapes and dtypes.
 
-    `encoded_frames`: the frames' existing JPEG bytes (e.g. from another shard), stored as they are
-    instead of re-encoding `frames`, so rewriting a clip never loses quality.
+    `encoded_frames`: the frames' existing JPEG or PNG bytes (e.g. from another shard or the source
+    dataset), stored as they are instead of re-encoding `frames`, so rewriting a clip never loses
+    quality; each member's suffix follows its bytes. `frame_format` ("jpeg" or "png") encodes
+    `frames` otherwise. `intrinsics` (T, 3, 3) and `cam_to_world` (T, 4, 4) follow the camera
+    convention of the module docstring; `pose_valid` (T,) defaults to "the matrix is finite".
     """
     if "." in key or "/" in key:
         raise ShardFormatError(f"sample key {key!r} must not contain '.' or '/'")
@@ -155,6 +199,8 @@ def encode_clip(
         raise ShardFormatError(f"{key}: visible must be {tracks.shape[:2]}, got {visible.shape}")
     if depth_kind not in ("depth", "disparity"):
         raise ShardFormatError(f"{key}: depth_kind must be 'depth' or 'disparity', got {depth_kind!r}")
+    if frame_format not in FRAME_FORMATS:
+        raise ShardFormatError(f"{key}: frame_format must be one of {FRAME_FORMATS}, got {frame_format!r}")
     digits = max(3, len(str(num_frames - 1)))
     meta = {
         "schema_version": SCHEMA_VERSION,
@@ -174,8 +220,13 @@ def encode_clip(
     if encoded_frames is not None and len(encoded_frames) != num_frames:
         raise ShardFormatError(f"{key}: {len(encoded_frames)} encoded frames for {num_frames} frames")
     for t in range(num_frames):
-        sample[f"{t:0{digits}d}.jpg"] = encoded_frames[t] if encoded_frames is not None \
-            else encode_jpeg(frames[t], jpeg_quality)
+        if encoded_frames is not None:
+            data = encoded_frames[t]
+            if not (_is_jpeg(data) or _is_png(data)):
+                raise ShardFormatError(f"{key}: encoded frame {t} is neither JPEG nor PNG")
+        else:
+            data = encode_png(frames[t]) if frame_format == "png" else encode_jpeg(frames[t], jpeg_quality)
+        sample[f"{t:0{digits}d}.{'png' if _is_png(data) else 'jpg'}"] = data
     if depth is not None:
         if depth.shape != (num_frames, height, width):
             raise ShardFormatError(f"{key}: depth must be {(num_frames, height, width)}, got {depth.shape}")
@@ -184,8 +235,34 @@ def encode_clip(
         np.savez_compressed(buf, depth=np.nan_to_num(depth).astype(np.float32), valid=valid)
         sample["depth.npz"] = buf.getvalue()
         meta["depth_kind"] = depth_kind
+    if intrinsics is not None or cam_to_world is not None:
+        sample["camera.npz"] = _camera_npz(key, num_frames, intrinsics, cam_to_world, pose_valid)
+        meta["camera_convention"] = CAMERA_CONVENTION
     sample["meta.json"] = json.dumps(meta).encode()
     return sample
+
+
+def _camera_npz(key: str, num_frames: int, intrinsics: np.ndarray | None, cam_to_world: np.ndarray | None,
+                pose_valid: np.ndarray | None) -> bytes:
+    if intrinsics is None:
+        raise ShardFormatError(f"{key}: cam_to_world needs intrinsics")
+    intrinsics = np.asarray(intrinsics, dtype=np.float64)
+    if intrinsics.shape != (num_frames, 3, 3) or not np.isfinite(intrinsics).all():
+        raise ShardFormatError(f"{key}: intrinsics must be finite ({num_frames}, 3, 3), got {intrinsics.shape}")
+    arrays = {"intrinsics": intrinsics}
+    if cam_to_world is not None:
+        cam_to_world = np.asarray(cam_to_world, dtype=np.float64)
+        if cam_to_world.shape != (num_frames, 4, 4):
+            raise ShardFormatError(f"{key}: cam_to_world must be ({num_frames}, 4, 4), got {cam_to_world.shape}")
+        finite = np.isfinite(cam_to_world).all(axis=(1, 2))
+        valid = finite if pose_valid is None else np.asarray(pose_valid, dtype=bool) & finite
+        if valid.shape != (num_frames,):
+            raise ShardFormatError(f"{key}: pose_valid must be ({num_frames},), got {valid.shape}")
+        arrays["cam_to_world"] = np.where(valid[:, None, None], cam_to_world, np.nan)
+        arrays["pose_valid"] = valid
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # small: compression buys nothing
+    return buf.getvalue()
 
 
 def decode_clip(sample: dict[str, Any]) -> Clip:
@@ -200,7 +277,7 @@ def decode_clip(sample: dict[str, Any]) -> Clip:
     missing = [m for m in REQUIRED_MEMBERS if m not in sample]
     frame_names = sorted((n for n in sample if _FRAME_MEMBER.match(n)), key=lambda n: int(n.split(".")[0]))
     if not frame_names:
-        missing.append("NNN.jpg frames")
+        missing.append("NNN.jpg or NNN.png frames")
     if missing:
         raise ShardFormatError(f"{where}: missing required member(s) {missing}; present: {sorted(k for k in sample if not k.startswith('__'))}")
     meta = json.loads(sample["meta.json"])
@@ -217,6 +294,13 @@ def decode_clip(sample: dict[str, Any]) -> Clip:
     if "depth.npz" in sample:
         with np.load(io.BytesIO(sample["depth.npz"]), allow_pickle=False) as arrays:
             clip.depth, clip.depth_valid = arrays["depth"], arrays["valid"]
+    if "camera.npz" in sample:
+        with np.load(io.BytesIO(sample["camera.npz"]), allow_pickle=False) as arrays:
+            clip.intrinsics = arrays["intrinsics"]
+            if "cam_to_world" in arrays:
+                clip.cam_to_world, clip.pose_valid = arrays["cam_to_world"], arrays["pose_valid"]
+        if clip.intrinsics.shape != (clip.num_frames, 3, 3):
+            raise ShardFormatError(f"{where}: camera.npz intrinsics {clip.intrinsics.shape} for {clip.num_frames} frames")
     return clip
 
 
@@ -248,6 +332,24 @@ class ShardWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_shard(path: str | Path, samples: Iterable[dict[str, Any]]) -> int:
+    """Write `samples` to the tar `path` atomically: a hidden temporary file renamed when complete,
+    so a shard under its final name is never partial. Returns its size in bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as stream:
+            writer = wds.TarWriter(stream)
+            for sample in samples:
+                writer.write(sample)
+            writer.close()
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.stat().st_size
 
 
 def expand_shards(pattern: str | list[str]) -> list[str]:

@@ -10,8 +10,14 @@ moves tracks and depth with the frames.
 Batch keys: ``video`` (B, T, 3, H, W) 0..255, ``depth`` (B, T, 1, H, W), ``depth_valid`` bool,
 ``is_disparity`` (B,) (these three only with ``require_depth``), ``tracks`` (B, T, M, 2), ``visible`` (B, T, M), ``queries`` (B, M, 3) (each track's first visible
 frame; the augmentation re-queries them), ``valid`` (B, T, M), ``clip_id``. M tracks are a random
-subset per training clip (a fixed one per validation clip); clips with fewer tracks are padded
-with never-visible tracks, which Tracktention ignores.
+subset per training clip (a fixed one per validation clip); clips with fewer tracks (or none, as
+converted colour or depth-only clips) are padded with never-visible tracks, which Tracktention ignores.
+
+Camera keys (from ``camera.npz``; the convention is in ``datamodules/shards.py``), float32:
+``intrinsics`` (B, T, 3, 3) in pixels of ``video`` with ``require_intrinsics`` (the training
+augmentation moves them with the frames), and ``cam_to_world`` (B, T, 4, 4) with ``pose_valid``
+(B, T) bool with ``require_poses``. A clip without them is an error naming it, so every batch has
+the same keys.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ class VideoDataConfig:
     val_clip_len: Optional[int] = None  # None -> clip_len
     max_depth: float = 80.0  # evaluation clip range (metres for metric ground truth)
     require_depth: bool = True  # False: depth is neither needed nor loaded (e.g. colorization)
+    require_intrinsics: bool = False  # True: batches carry `intrinsics` (every clip must have camera.npz)
+    require_poses: bool = False  # True: batches carry `cam_to_world` and `pose_valid` (implies intrinsics)
     batch_size: int = 1
     num_workers: int = 2
     shuffle_buffer: int = 8
@@ -59,9 +67,11 @@ class VideoDataConfig:
 
 
 def cut_video_sample(clip: Clip, start: int, clip_len: int, num_tracks: int,
-                     rng: np.random.Generator, require_depth: bool = True) -> dict[str, torch.Tensor]:
+                     rng: np.random.Generator, require_depth: bool = True, require_intrinsics: bool = False,
+                     require_poses: bool = False) -> dict[str, torch.Tensor]:
     """Frames start..start+clip_len with `num_tracks` random tracks visible somewhere in the window,
-    and with depth if `require_depth` (else no depth keys, so every batch has the same keys)."""
+    and with depth if `require_depth` (else no depth keys, so every batch has the same keys), and
+    with camera keys if `require_intrinsics` / `require_poses`."""
     if require_depth and clip.depth is None:
         raise ValueError(f"clip {clip.key} in {clip.source_url} has no depth.npz; video depth needs depth "
                          "(data.require_depth=false for data without depth, e.g. colorization)")
@@ -90,7 +100,21 @@ def cut_video_sample(clip: Clip, start: int, clip_len: int, num_tracks: int,
         sample["depth"] = torch.from_numpy(np.ascontiguousarray(clip.depth[window])).unsqueeze(1)
         sample["depth_valid"] = torch.from_numpy(np.ascontiguousarray(clip.depth_valid[window])).unsqueeze(1)
         sample["is_disparity"] = torch.tensor(clip.meta.get("depth_kind", "depth") == "disparity")
+    if require_intrinsics or require_poses:
+        sample.update(_camera_keys(clip, window, require_poses))
     return sample
+
+
+def _camera_keys(clip: Clip, window: slice, poses: bool) -> dict[str, torch.Tensor]:
+    if clip.intrinsics is None or (poses and clip.cam_to_world is None):
+        missing = "camera.npz" if clip.intrinsics is None else "cam_to_world in camera.npz"
+        raise ValueError(f"clip {clip.key} in {clip.source_url} has no {missing} "
+                         f"(data.require_intrinsics / data.require_poses need it)")
+    keys = {"intrinsics": torch.from_numpy(clip.intrinsics[window].astype(np.float32))}
+    if poses:
+        keys["cam_to_world"] = torch.from_numpy(clip.cam_to_world[window].astype(np.float32))
+        keys["pose_valid"] = torch.from_numpy(np.ascontiguousarray(clip.pose_valid[window]))
+    return keys
 
 
 class VideoClipStream(TrainClipStream):
@@ -98,20 +122,24 @@ class VideoClipStream(TrainClipStream):
 
     def cut_sample(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         start = int(rng.integers(0, max(clip.num_frames - self.cfg.clip_len, 0) + 1))
-        return cut_video_sample(clip, start, self.cfg.clip_len, self.cfg.num_tracks, rng, self.cfg.require_depth)
+        return cut_video_sample(clip, start, self.cfg.clip_len, self.cfg.num_tracks, rng, self.cfg.require_depth,
+                                self.cfg.require_intrinsics, self.cfg.require_poses)
 
 
 class VideoEvalClips(EvalClips):
     """EvalClips (whole validation set in memory, map-style) cutting depth clips from frame 0."""
 
-    def __init__(self, urls: list[str], clip_len: int, num_queries: int, require_depth: bool = True) -> None:
+    def __init__(self, urls: list[str], clip_len: int, num_queries: int, require_depth: bool = True,
+                 require_intrinsics: bool = False, require_poses: bool = False) -> None:
         super().__init__(urls, clip_len, num_queries)
         self.require_depth = require_depth
+        self.require_intrinsics, self.require_poses = require_intrinsics, require_poses
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         clip = decode_clip(self.raw[index])
         return cut_video_sample(clip, 0, min(self.clip_len, clip.num_frames), self.num_queries,
-                                np.random.default_rng(index), self.require_depth)
+                                np.random.default_rng(index), self.require_depth, self.require_intrinsics,
+                                self.require_poses)
 
 
 class VideoDataModule(TrackingDataModule):
@@ -122,7 +150,7 @@ class VideoDataModule(TrackingDataModule):
 
     def make_eval_dataset(self) -> VideoEvalClips:
         return VideoEvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len, self.cfg.num_tracks,
-                              self.cfg.require_depth)
+                              self.cfg.require_depth, self.cfg.require_intrinsics, self.cfg.require_poses)
 
 
 @register_datamodule("video", VideoDataConfig)
