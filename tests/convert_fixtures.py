@@ -63,3 +63,23 @@ def write_jgz(path: Path, entries: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(path, "wt", encoding="utf8") as stream:
         json.dump(entries, stream)
+
+
+def read_clips(directory: Path) -> dict:
+    """key -> Clip of every shard under `directory`, through the shard reader."""
+    from datamodules.shard_reader import SkipCounter, iter_shard
+    from datamodules.shards import decode_clip
+
+    clips = {}
+    for shard in sorted(Path(directory).glob("*.tar")):
+        for raw in iter_shard(str(shard), SkipCounter()):
+            clip = decode_clip(raw)
+            clips[clip.key] = clip
+    return clips
+
+
+def project(K: np.ndarray, world_to_camera: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """Pixel (u, v) of a world point: x = K [R | t] X."""
+    cam = world_to_camera[:3, :3] @ point + world_to_camera[:3, 3]
+    uvw = K @ cam
+    return uvw[:2] / uvw[2]
