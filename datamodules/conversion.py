@@ -393,8 +393,8 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
         lines.append(f"kept {summary['shards_kept']} complete shards from an earlier run "
                      f"({summary['bytes_kept'] / 1e6:.1f} MB; --overwrite rewrites them)")
     if summary["skipped_clips"] or summary["skipped_files"]:
-        lines.append(f"skipped {summary['skipped_clips']} clips for {len(summary['skipped_files'])} unreadable "
-                     f"file(s) (listed in {out / MANIFEST}):")
+        lines.append(f"skipped {summary['skipped_clips']} clips; {len(summary['skipped_files'])} source file(s) "
+                     f"or sequence(s) missing or unreadable (all listed in {out / MANIFEST}):")
         lines.extend(f"  {f}" for f in summary["skipped_files"][:20])
         if len(summary["skipped_files"]) > 20:
             lines.append(f"  ... and {len(summary['skipped_files']) - 20} more")

@@ -40,7 +40,8 @@ from models.video_depth import TrackPreprocessor, build_tracker_predictor  # noq
 log = logging.getLogger("extract_tracks")
 
 # Meta fields encode_clip derives from the arrays; everything else is carried over.
-_DERIVED_META = ("schema_version", "height", "width", "num_frames", "num_tracks", "fps", "source", "depth_kind")
+_DERIVED_META = ("schema_version", "height", "width", "num_frames", "num_tracks", "fps", "source", "depth_kind",
+                 "camera_convention")
 
 
 class ClipSource(IterableDataset):
@@ -57,7 +58,8 @@ class ClipSource(IterableDataset):
             for raw in iter_shard(url, skips):
                 clip = decode_clip(raw)
                 yield {"key": clip.key, "frames": clip.decode_frames(), "jpeg_frames": clip.jpeg_frames,
-                       "meta": clip.meta, "depth": clip.depth, "depth_valid": clip.depth_valid}
+                       "meta": clip.meta, "depth": clip.depth, "depth_valid": clip.depth_valid,
+                       "intrinsics": clip.intrinsics, "cam_to_world": clip.cam_to_world, "pose_valid": clip.pose_valid}
         if skips.corrupt:
             log.warning("rank %d worker %d: %d corrupt shard(s) skipped", self.rank, worker, skips.corrupt)
 
@@ -119,7 +121,9 @@ class ShardPredictionWriter(BasePredictionWriter):
             prediction["key"], prediction["frames"].numpy(), prediction["tracks"], prediction["visible"],
             fps=meta.get("fps", 24.0), source=meta.get("source", "unknown"), depth=prediction["depth"],
             depth_valid=prediction["depth_valid"], depth_kind=meta.get("depth_kind", "depth"),
-            extra_meta=kept, encoded_frames=prediction["jpeg_frames"]))  # the source's JPEG bytes, not re-encoded
+            extra_meta=kept, encoded_frames=prediction["jpeg_frames"],  # the source's bytes, not re-encoded
+            intrinsics=prediction["intrinsics"], cam_to_world=prediction["cam_to_world"],
+            pose_valid=prediction["pose_valid"]))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.writer is not None:
