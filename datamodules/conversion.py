@@ -13,8 +13,9 @@ would invent values across edges), intrinsics and tracks mapped with pixel centr
 u' = (u + 0.5) * W'/W - 0.5.
 
 Frames: source JPEG bytes are stored as they are (no re-encoding) unless resized; otherwise
-``frame_format`` "png" stores lossless PNG (the source's own bytes when they are 8-bit RGB PNG),
-"jpeg" encodes at ``jpeg_quality``.
+``frame_format`` "png" stores lossless PNG (the source's own bytes when they are 8-bit RGB PNG,
+else the decoded or resized pixels), "jpeg" encodes at ``jpeg_quality``. Evaluation sets default
+to "png" (the model must see the source's pixels, not our JPEG's), training sets to "jpeg".
 
 Re-running into the same output: each shard is written to a hidden temporary name and renamed
 when complete, so a shard under its final name is always whole. A shard already there is kept
@@ -172,8 +173,8 @@ class ClipBuilder:
             is_jpeg = frame.encoded[:2] == b"\xff\xd8"
             if is_jpeg or self.opts.frame_format == "png":
                 return frame.encoded, True
-        if image.shape[:2] == hw and self.opts.frame_format == "png":
-            return encode_png(image), True
+        if self.opts.frame_format == "png":  # lossless from the (possibly resized) pixels
+            return encode_png(resize_image(image, hw)), image.shape[:2] == hw
         return encode_jpeg(resize_image(image, hw), self.opts.jpeg_quality), False
 
     def build(self, unit: Unit, window: list[int], frames: dict[int, Frame]) -> tuple[dict[str, Any], dict[str, int]]:

@@ -105,6 +105,9 @@ def test_scannet_numeric_order_resize_to_depth_and_invalid_pose(tmp_path: Path) 
     assert clip.meta["source_frames"] == ["0", "1", "2", "10", "11"]  # numeric, not lexical (0, 1, 10, 11, 2)
     assert (clip.meta["height"], clip.meta["width"]) == (H, W) and clip.meta["frames_resized_from"] == [2 * H, 2 * W]
     assert clip.decode_frames().shape == (5, H, W, 3)
+    assert clip.meta["frame_format"] == "png" and not clip.meta["frames_lossless"]  # resized, then stored losslessly
+    jpg = Image.open(tmp_path / "src" / "scene0000_00" / "color" / "10.jpg").convert("RGB")
+    assert np.array_equal(decode(clip.jpeg_frames[3]), np.asarray(jpg.resize((W, H), Image.Resampling.BICUBIC)))
     for t, name in enumerate(clip.meta["source_frames"]):
         png = truth["frames"][name]["png"]
         assert np.array_equal(clip.depth_valid[t], png > 0)

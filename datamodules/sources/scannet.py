@@ -4,8 +4,8 @@
 ``pose/<i>.txt`` (4x4 camera-to-world, OpenCV axes; some are -inf: those frames get
 ``pose_valid`` False), ``intrinsic/intrinsic_depth.txt`` (4x4; K of the depth map). Frame names are
 not zero-padded and sort numerically. Colour frames are resized to the depth map's size (the stored
-resolution; the intrinsics are the depth camera's, which the colour camera matches to within its
-calibration).
+resolution, stored as PNG: the resize is the only change to the source's JPEG pixels; the
+intrinsics are the depth camera's, which the resized colour camera matches to within its calibration).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from datamodules.sources.base import (DatasetSource, Frame, SequenceRef, list_fi
 class ScanNetSource(DatasetSource):
     name = "scannet"
     splits = ("all",)
+    lossless_frames = True  # the resized colour is stored as PNG: no second lossy step on evaluation frames
     depth_source = "scannet uint16 png / 1000, 0 = invalid"
     pose_source_convention = "scannet pose/<i>.txt: 4x4 camera-to-world, OpenCV axes"
     default_clip_len = None
