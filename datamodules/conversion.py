@@ -319,7 +319,8 @@ def convert(source: DatasetSource, split: str, out: Path, opts: ConvertOptions, 
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {**opts.manifest(), "split": split, "sequences": [s.name for s in sequences],
+    # Sequences are not part of it: a re-run after more of a dataset was downloaded converts the new ones.
+    manifest = {**opts.manifest(), "split": split,
                 **({"benchmark": split_meta["benchmark"]["name"]} if split_meta and "benchmark" in split_meta else {})}
     _check_manifest(out, source.name, manifest, opts.overwrite)
     split_meta = {"dataset": source.name, "split": split, **(split_meta or {})}
@@ -329,17 +330,22 @@ def convert(source: DatasetSource, split: str, out: Path, opts: ConvertOptions, 
         for stale in out.glob(f"{source.name}-*.tar"):
             if stale.name not in planned:
                 stale.unlink()
-    todo = [u for u in units if opts.overwrite or not _done(u)]
-    results = [UnitResult(str(u.path), reused=True, bytes=u.path.stat().st_size) for u in units if u not in todo]
+    todo, results = [], []
+    for unit in units:
+        if opts.overwrite or not _done(unit):
+            todo.append(unit)
+        else:
+            results.append(UnitResult(str(unit.path), reused=True, bytes=unit.path.stat().st_size))
+    frames_of = {str(u.path): sum(len(w) for w in u.windows) for u in todo}
     started = time.perf_counter()
-    total = sum(len(w) for u in todo for w in u.windows)
-    with tqdm(total=total, unit="frame", desc=f"{source.name} {split}", disable=not progress) as bar:
+    with tqdm(total=sum(frames_of.values()), unit="frame", desc=f"{source.name} {split}", disable=not progress) as bar:
         for result in _run(source, todo, opts, split_meta):
-            bar.update(sum(len(w) for u in todo if str(u.path) == result.shard for w in u.windows))
+            bar.update(frames_of[result.shard])
             results.append(result)
     seconds = time.perf_counter() - started
     summary = summarise(results, seconds)
     summary["skipped_files"] = list(listing_skips or []) + summary["skipped_files"]
+    summary["sequences"] = len(sequences)
     _write_manifest(out, source.name, manifest, summary)
     return summary
 

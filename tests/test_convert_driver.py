@@ -132,3 +132,14 @@ def test_depth_maps_and_frames_share_the_stored_size(tmp_path: Path) -> None:
     (clip,) = read_clips(tmp_path / "out" / "all").values()
     assert clip.decode_frames().shape[1:3] == (2 * H, 2 * W) and clip.depth.shape[1:] == (2 * H, 2 * W)
     assert not clip.meta["frames_lossless"]
+
+
+def test_rerun_after_more_data_converts_only_the_new_sequences(tmp_path: Path, capsys) -> None:
+    make_sintel(tmp_path / "src", {"alley_1": 2})
+    convert("sintel", tmp_path / "src", tmp_path / "out")
+    make_sintel(tmp_path / "src", {"alley_1": 2, "cave_2": 2})
+    capsys.readouterr()
+    convert("sintel", tmp_path / "src", tmp_path / "out")
+    out = capsys.readouterr().out
+    assert "wrote 1 clips" in out and "kept 1 complete shards" in out
+    assert sorted(read_clips(tmp_path / "out" / "training")) == ["sintel_alley_1_000000", "sintel_cave_2_000000"]
