@@ -73,7 +73,7 @@ def test_tae_by_hand_with_identity_poses():
     depth = torch.stack([torch.full((3, 4), 2.0), torch.full((3, 4), 2.2)])
     # forward: |2.2 - 2| / 2.2; backward: |2 - 2.2| / 2; TAE = 100 * sum / (2 (T - 1))
     expected = 100 * (0.2 / 2.2 + 0.2 / 2.0) / 2
-    assert abs(temporal_alignment_error(depth, K, poses).item() - expected) < 1e-5  # 2.2 in float32
+    assert abs(temporal_alignment_error(depth, K, poses)[0].item() - expected) < 1e-5  # 2.2 in float32
 
 
 def test_tae_follows_a_camera_translation():
@@ -83,4 +83,4 @@ def test_tae_follows_a_camera_translation():
     p2[2, 3] = -1.0
     poses = torch.stack([torch.eye(4), p2])
     depth = torch.stack([torch.full((5, 5), 2.0), torch.full((5, 5), 3.0)])
-    assert temporal_alignment_error(depth, K, poses).item() < 1e-9
+    assert temporal_alignment_error(depth, K, poses)[0].item() < 1e-9
