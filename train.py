@@ -30,8 +30,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from callbacks.data_health import DataHealthLogger
 from callbacks.fsdp import TracklightFSDPStrategy
 from callbacks.prediction_writer import NpzPredictionWriter
+from callbacks.run_directory import RunLock, check_writable, newest_checkpoint, refuse_fresh_run_over_checkpoints
 from callbacks.run_metadata import IncompatibleCheckpointError, RunMetadata, check_resume_compatible
 from callbacks.signals import INTERRUPTED_EXIT_CODE, CheckpointOnSignal
 from callbacks.startup_report import StartupReport
@@ -172,7 +174,8 @@ def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
     # last.ckpt at a fixed step cadence bounds the work lost when a run is killed.
     last = LastCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint.every_n_steps)
-    callbacks: list[Callback] = [last, CheckpointOnSignal(last), RunMetadata(cfg), StartupReport(cfg)]
+    callbacks: list[Callback] = [last, CheckpointOnSignal(last), RunMetadata(cfg), StartupReport(cfg),
+                                 DataHealthLogger()]
     if cfg.checkpoint.monitor:
         callbacks.append(ModelCheckpoint(
             dirpath=ckpt_dir, monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
@@ -231,18 +234,29 @@ def resume_path(cfg: DictConfig) -> str | None:
     if cfg.resume is None:
         return None
     if cfg.resume == "auto":
-        # last.ckpt, or the checkpoint Lightning wrote on SLURM's pre-emption signal if that is newer.
-        run_dir = Path(cfg.run_dir)
-        found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-        if found:
-            newest = max(found, key=lambda p: p.stat().st_mtime)
+        newest = newest_checkpoint(Path(cfg.run_dir))
+        if newest is not None:
             log.info("resume=auto: continuing from %s", newest)
             return str(newest)
-        log.info("resume=auto: no checkpoint in %s yet, starting fresh", run_dir)
+        log.info("resume=auto: no checkpoint in %s yet, starting fresh", cfg.run_dir)
         return None
     if not Path(cfg.resume).is_file():
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
     return cfg.resume
+
+
+def prepare_run_dir(cfg: DictConfig, command: str) -> None:
+    """Start-up checks of run_dir; a fit refuses an earlier run's directory unless resuming, and takes its lock."""
+    if "://" in cfg.run_dir:  # object storage: no directory to check or lock
+        return
+    run_dir = Path(cfg.run_dir)
+    check_writable(run_dir)
+    if command != "fit":
+        return
+    if cfg.resume is None:
+        refuse_fresh_run_over_checkpoints(run_dir)
+    if rank_zero_only.rank == 0:  # the process that writes the directory; the lock outlives this call
+        RunLock(run_dir).acquire()
 
 
 @rank_zero_only
@@ -274,6 +288,7 @@ def place_sweep_run(cfg: DictConfig) -> None:
 def run(argv: list[str]) -> object:
     command, cfg = load_config(argv)
     place_sweep_run(cfg)
+    prepare_run_dir(cfg, command)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     module = build_module(cfg)

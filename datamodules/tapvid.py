@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from configs.schema import TapVidDataConfig
 from datamodules.registry import register_datamodule
 from datamodules.safe_pickle import UnsafePickleError, load_data_pickle
-from datamodules.workers import ignore_stop_signals
+from datamodules.workers import stop_signal_safe_worker_init
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class TapVidDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=stop_signal_safe_worker_init(),
         )
 
     def val_dataloader(self) -> DataLoader:
