@@ -22,23 +22,26 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint, TrustedWeightsCheckpoint
 from callbacks.data_health import DataHealthLogger
 from callbacks.fsdp import TracklightFSDPStrategy
 from callbacks.prediction_writer import NpzPredictionWriter
 from callbacks.run_directory import RunLock, check_writable, newest_checkpoint, refuse_fresh_run_over_checkpoints
-from callbacks.run_metadata import IncompatibleCheckpointError, RunMetadata, check_resume_compatible
+from callbacks.run_metadata import (IncompatibleCheckpointError, RunMetadata, check_checkpoint_matches_model,
+                                   check_resume_compatible)
 from callbacks.signals import INTERRUPTED_EXIT_CODE, CheckpointOnSignal
 from callbacks.startup_report import StartupReport
 from callbacks.throughput import MetricsProgressBar, ThroughputMonitor
 from configs.loader import ConfigError, load_config
+from datamodules.shards import ShardFormatError
+from models.checkpoint_io import CheckpointMismatchError
 
 log = logging.getLogger("tracklight")
 
@@ -177,7 +180,7 @@ def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback
     callbacks: list[Callback] = [last, CheckpointOnSignal(last), RunMetadata(cfg), StartupReport(cfg),
                                  DataHealthLogger()]
     if cfg.checkpoint.monitor:
-        callbacks.append(ModelCheckpoint(
+        callbacks.append(TrustedWeightsCheckpoint(
             dirpath=ckpt_dir, monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
             save_top_k=cfg.checkpoint.save_top_k, auto_insert_metric_name=False,
             filename="step{step:07d}-" + cfg.checkpoint.monitor.replace("/", "_") + "{" + cfg.checkpoint.monitor + ":.4f}",
@@ -199,7 +202,10 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 def build_module(cfg: DictConfig) -> L.LightningModule:
     from lightning_modules.registry import FAMILY_MODULES
 
-    module = FAMILY_MODULES[cfg.model.family](cfg)
+    try:
+        module = FAMILY_MODULES[cfg.model.family](cfg)
+    except (FileNotFoundError, CheckpointMismatchError) as err:  # weights named by model.* keys (init_from, ...)
+        raise ConfigError(f"model weights: {err}") from None
     if cfg.trainer.channels_last:  # before compile, so the compiled graph sees channels-last weights
         from models.memory_format import to_channels_last
         to_channels_last(module.model)
@@ -301,8 +307,8 @@ def run(argv: list[str]) -> object:
             check_resume_compatible(cfg, module, ckpt_path)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         return trainer
-    if cfg.ckpt is not None and not Path(cfg.ckpt).is_file():
-        raise ConfigError(f"ckpt={cfg.ckpt!r}: no such checkpoint file")
+    if cfg.ckpt is not None:
+        check_checkpoint_matches_model(module, cfg.ckpt)
     if command == "predict":
         out_dir = Path(cfg.run_dir) / "predictions"
         trainer.callbacks.append(NpzPredictionWriter(out_dir))
@@ -315,12 +321,23 @@ def run(argv: list[str]) -> object:
     return results
 
 
+def worker_error_message(err: BaseException) -> str:
+    """The error's own message, without the traceback DataLoader adds to errors raised in its workers."""
+    lines = str(err).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "worker" in lines[0]:
+        return lines[-1].split(": ", 1)[-1]
+    return str(err)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(sys.argv[1:])
     except (ConfigError, IncompatibleCheckpointError) as err:
         print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except ShardFormatError as err:  # shards of another schema: the user points the run at other data
+        print(f"data error: {worker_error_message(err)}", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:  # last.ckpt is written (callbacks/signals.py); the run is not finished
         sys.exit(INTERRUPTED_EXIT_CODE)

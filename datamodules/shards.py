@@ -14,8 +14,9 @@ unpickled.
 
 Two kinds of bad sample, told apart here and handled by the readers (shard_reader.py):
   - corrupt (`CorruptSampleError`): bytes that do not decode, i.e. a `meta.json` that is not a JSON
-    object, a `.npy` / `.npz` that does not load (pickled arrays included), a frame that is not an
-    image or whose size differs from `meta.json`'s height x width. Damage: counted and skipped.
+    object, a `.npy` / `.npz` that does not load (pickled arrays included), tracks holding NaN/Inf,
+    a frame that is not an image or whose size differs from `meta.json`'s height x width.
+    Damage: counted and skipped.
   - schema violation (`ShardFormatError`): well-formed bytes of another layout, i.e. a required
     member missing, another `schema_version`, arrays whose shapes do not fit the frames. Data
     written for another format or by another tool: a shard made of such samples stops training. JPEG was chosen over a video codec because clips are sampled at random
@@ -262,6 +263,8 @@ def decode_clip(sample: dict[str, Any]) -> Clip:
         raise ShardFormatError(f"{where}: schema_version {version}, this reader understands {SCHEMA_VERSION}")
     tracks = _load_npy(sample["tracks.npy"], "tracks.npy", where).astype(np.float32, copy=False)
     visible = _load_npy(sample["visible.npy"], "visible.npy", where).astype(bool, copy=False)
+    if not np.isfinite(tracks).all():  # NaN labels would reach the loss and the augmentation's re-querying
+        raise CorruptSampleError(f"{where}: member tracks.npy holds {int((~np.isfinite(tracks)).sum())} NaN/Inf values")
     if tracks.shape[0] != len(frame_names) or visible.shape != tracks.shape[:2]:
         raise ShardFormatError(
             f"{where}: {len(frame_names)} frames but tracks {tracks.shape} / visible {visible.shape}"

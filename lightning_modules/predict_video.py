@@ -32,7 +32,7 @@ from torch import Tensor
 
 from datamodules.query_files import check_queries
 from datamodules.video_files import FrameArrayWriter, Mp4Writer, VideoReader, write_png16
-from models.checkpoint_io import load_strict
+from models.checkpoint_io import CheckpointReadError, load_checkpoint_file, load_strict
 from models.cotracker3_predictor import CoTrackerThreePredictor
 from models.cotracker3_stream_predictor import StreamingTrackPredictor
 from models.track_ops import points_on_grid
@@ -82,12 +82,10 @@ def load_module(path: str | Path, families: tuple[str, ...]) -> tuple[L.Lightnin
     from lightning_modules.registry import FAMILY_MODULES
 
     path = Path(path)
-    if not path.is_file():
-        raise PredictError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise PredictError(f"{path}: not a readable checkpoint ({err})") from err
+        ckpt = load_checkpoint_file(path)
+    except CheckpointReadError as err:
+        raise PredictError(str(err)) from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "model" not in hparams or "state_dict" not in ckpt:
         raise PredictError(f"{path} is not a training checkpoint of this framework (no saved config); "
