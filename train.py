@@ -40,7 +40,7 @@ from callbacks.signals import INTERRUPTED_EXIT_CODE, CheckpointOnSignal
 from callbacks.startup_report import StartupReport
 from callbacks.throughput import MetricsProgressBar, ThroughputMonitor
 from configs.loader import ConfigError, load_config
-from datamodules.shards import ShardFormatError
+from datamodules.errors import DataFormatError
 from models.checkpoint_io import CheckpointMismatchError
 
 log = logging.getLogger("tracklight")
@@ -336,7 +336,7 @@ def main() -> None:
     except (ConfigError, IncompatibleCheckpointError) as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
-    except ShardFormatError as err:  # shards of another schema: the user points the run at other data
+    except DataFormatError as err:  # e.g. shards of another schema: the user points the run at other data
         print(f"data error: {worker_error_message(err)}", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:  # last.ckpt is written (callbacks/signals.py); the run is not finished

@@ -41,12 +41,14 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import get_worker_info
 
+from datamodules.errors import DataFormatError
+
 SCHEMA_VERSION = 1
 REQUIRED_MEMBERS = ("meta.json", "tracks.npy", "visible.npy")
 _FRAME_MEMBER = re.compile(r"^(\d{3,5})\.jpg$")
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(DataFormatError):
     """A sample that violates the schema (missing member, wrong shape or version)."""
 
 
