@@ -48,7 +48,7 @@ from configs.schema import TapVidDataConfig
 from datamodules.errors import DataFormatError
 from datamodules.registry import register_datamodule
 from datamodules.safe_pickle import UnsafePickleError, load_data_pickle
-from datamodules.workers import stop_signal_safe_worker_init
+from datamodules.workers import stop_signal_safe_loader
 
 log = logging.getLogger(__name__)
 
@@ -341,14 +341,13 @@ class TapVidDataModule(L.LightningDataModule):
         kwargs = getattr(self.trainer, "distributed_sampler_kwargs", None) if self.trainer is not None else None
         if kwargs and kwargs.get("num_replicas", 1) > 1:
             sampler = _UnpaddedDistributedSampler(self.dataset, kwargs["num_replicas"], kwargs["rank"])
-        return DataLoader(
+        return stop_signal_safe_loader(
             self.dataset,
             batch_size=1,
             shuffle=False,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=stop_signal_safe_worker_init(),
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -20,7 +20,7 @@ from datamodules.clip_sampling import TooFewTracks, cut_eval_sample, cut_trainin
 from datamodules.shard_reader import SkipCounter, iter_clips
 from datamodules.shards import Clip, CorruptSampleError, expand_shards
 from datamodules.synthetic_shards import ensure_synthetic_shards
-from datamodules.workers import stop_signal_safe_worker_init
+from datamodules.workers import stop_signal_safe_loader
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +215,13 @@ class TrackingDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         stream = self.make_train_stream(*self._rank_world_step())
         workers = self.cfg.num_workers
-        return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
-                          prefetch_factor=2 if workers else None, worker_init_fn=stop_signal_safe_worker_init())
+        return stop_signal_safe_loader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                                       prefetch_factor=2 if workers else None)
 
     def _eval_loader(self) -> DataLoader:
         dataset = self.make_eval_dataset()
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
-                          num_workers=min(self.cfg.num_workers, len(dataset)), worker_init_fn=stop_signal_safe_worker_init())
+        return stop_signal_safe_loader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
+                                       num_workers=min(self.cfg.num_workers, len(dataset)))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader()
