@@ -108,12 +108,13 @@ def decode_image(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
     or an image whose size is not `out`'s, raises CorruptSampleError.
     """
     if _is_jpeg(data):
-        try:
-            if out is not None:  # simplejpeg fills the top of a larger buffer and leaves the rest stale
-                height, width = simplejpeg.decode_jpeg_header(data)[:2]
-                _check_size((height, width), out.shape[:2])
+        try:  # simplejpeg reports corrupt data as ValueError
+            if out is not None:  # it would fill the top of a larger buffer and leave the rest stale
+                _check_size(simplejpeg.decode_jpeg_header(data)[:2], out.shape[:2])
             return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
-        except ValueError as err:  # simplejpeg reports corrupt data as ValueError
+        except CorruptSampleError:
+            raise
+        except ValueError as err:
             raise CorruptSampleError(f"corrupt JPEG: {err}") from None
     try:
         with Image.open(io.BytesIO(data)) as img:
