@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import shutil
 import sys
 import tempfile
@@ -89,7 +90,7 @@ def _encode(args: tuple[Path, str, int]) -> dict:
         return encode_clip(seq.name.replace(".", "_"), data["frames"], data["tracks"], data["visible"], fps=24.0,
                            source="kubric_movi_f", depth=depth, depth_valid=None if depth is None else depth > 0,
                            jpeg_quality=quality)
-    except (OSError, ValueError, KeyError) as err:  # UnsafePickleError is a ValueError too
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as err:  # UnsafePickleError included
         # One plain message: it crosses the process pool without the worker's traceback.
         raise ConversionError(f"sequence {seq.name}: {err.args[0] if isinstance(err, KeyError) else err}") from None
 
