@@ -96,6 +96,7 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock or raise ConfigError naming the live holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):  # a second try after removing a stale lock
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
