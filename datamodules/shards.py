@@ -19,9 +19,11 @@ Two kinds of bad sample, told apart here and handled by the readers (shard_reade
     Damage: counted and skipped.
   - schema violation (`ShardFormatError`): well-formed bytes of another layout, i.e. a required
     member missing, another `schema_version`, arrays whose shapes do not fit the frames. Data
-    written for another format or by another tool: a shard made of such samples stops training. JPEG was chosen over a video codec because clips are sampled at random
-temporal offsets (per-frame members decode only the frames a clip needs) and it beats the
-PNG-folder layout on both speed and size (see BENCHMARKS.md).
+    written for another format or by another tool: a shard made of such samples stops training.
+
+JPEG was chosen over a video codec because clips are sampled at random temporal offsets
+(per-frame members decode only the frames a clip needs) and it beats the PNG-folder layout on
+both speed and size (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
