@@ -70,7 +70,8 @@ def why_not_save(trainer: L.Trainer) -> str | None:
     in_a_row = getattr(module, "consecutive_nonfinite", 0)  # agreed by all ranks
     if in_a_row:
         return f"the last {in_a_row} step(s) had a non-finite loss"
-    finite = all(bool(torch.isfinite(p).all()) for p in module.parameters())  # this rank's shard under FSDP
+    params = [p for p in module.parameters() if p.numel()]  # this rank's shards under FSDP
+    finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True  # one sync
     if not trainer.strategy.reduce_boolean_decision(finite, all=True):
         return "the weights hold NaN or Inf"
     return None
