@@ -22,21 +22,26 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint, TrustedWeightsCheckpoint
+from callbacks.data_health import DataHealthLogger
 from callbacks.fsdp import TracklightFSDPStrategy
 from callbacks.prediction_writer import NpzPredictionWriter
-from callbacks.run_metadata import IncompatibleCheckpointError, RunMetadata, check_resume_compatible
+from callbacks.run_directory import RunLock, check_writable, newest_checkpoint, refuse_fresh_run_over_checkpoints
+from callbacks.run_metadata import (IncompatibleCheckpointError, RunMetadata, check_checkpoint_matches_model,
+                                   check_resume_compatible)
 from callbacks.signals import INTERRUPTED_EXIT_CODE, CheckpointOnSignal
 from callbacks.startup_report import StartupReport
 from callbacks.throughput import MetricsProgressBar, ThroughputMonitor
 from configs.loader import ConfigError, load_config
+from datamodules.errors import DataFormatError
+from models.checkpoint_io import CheckpointMismatchError
 
 log = logging.getLogger("tracklight")
 
@@ -172,9 +177,10 @@ def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
     # last.ckpt at a fixed step cadence bounds the work lost when a run is killed.
     last = LastCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint.every_n_steps)
-    callbacks: list[Callback] = [last, CheckpointOnSignal(last), RunMetadata(cfg), StartupReport(cfg)]
+    callbacks: list[Callback] = [last, CheckpointOnSignal(last), RunMetadata(cfg), StartupReport(cfg),
+                                 DataHealthLogger()]
     if cfg.checkpoint.monitor:
-        callbacks.append(ModelCheckpoint(
+        callbacks.append(TrustedWeightsCheckpoint(
             dirpath=ckpt_dir, monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
             save_top_k=cfg.checkpoint.save_top_k, auto_insert_metric_name=False,
             filename="step{step:07d}-" + cfg.checkpoint.monitor.replace("/", "_") + "{" + cfg.checkpoint.monitor + ":.4f}",
@@ -196,7 +202,10 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 def build_module(cfg: DictConfig) -> L.LightningModule:
     from lightning_modules.registry import FAMILY_MODULES
 
-    module = FAMILY_MODULES[cfg.model.family](cfg)
+    try:
+        module = FAMILY_MODULES[cfg.model.family](cfg)
+    except (FileNotFoundError, CheckpointMismatchError) as err:  # weights named by model.* keys (init_from, ...)
+        raise ConfigError(f"model weights: {err}") from None
     if cfg.trainer.channels_last:  # before compile, so the compiled graph sees channels-last weights
         from models.memory_format import to_channels_last
         to_channels_last(module.model)
@@ -231,18 +240,29 @@ def resume_path(cfg: DictConfig) -> str | None:
     if cfg.resume is None:
         return None
     if cfg.resume == "auto":
-        # last.ckpt, or the checkpoint Lightning wrote on SLURM's pre-emption signal if that is newer.
-        run_dir = Path(cfg.run_dir)
-        found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-        if found:
-            newest = max(found, key=lambda p: p.stat().st_mtime)
+        newest = newest_checkpoint(Path(cfg.run_dir))
+        if newest is not None:
             log.info("resume=auto: continuing from %s", newest)
             return str(newest)
-        log.info("resume=auto: no checkpoint in %s yet, starting fresh", run_dir)
+        log.info("resume=auto: no checkpoint in %s yet, starting fresh", cfg.run_dir)
         return None
     if not Path(cfg.resume).is_file():
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
     return cfg.resume
+
+
+def prepare_run_dir(cfg: DictConfig, command: str) -> None:
+    """Start-up checks of run_dir; a fit refuses an earlier run's directory unless resuming, and takes its lock."""
+    if "://" in cfg.run_dir:  # object storage: no directory to check or lock
+        return
+    run_dir = Path(cfg.run_dir)
+    check_writable(run_dir)
+    if command != "fit":
+        return
+    if cfg.resume is None:
+        refuse_fresh_run_over_checkpoints(run_dir)
+    if rank_zero_only.rank == 0:  # the process that writes the directory; the lock outlives this call
+        RunLock(run_dir).acquire()
 
 
 @rank_zero_only
@@ -274,6 +294,7 @@ def place_sweep_run(cfg: DictConfig) -> None:
 def run(argv: list[str]) -> object:
     command, cfg = load_config(argv)
     place_sweep_run(cfg)
+    prepare_run_dir(cfg, command)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     module = build_module(cfg)
@@ -286,8 +307,8 @@ def run(argv: list[str]) -> object:
             check_resume_compatible(cfg, module, ckpt_path)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         return trainer
-    if cfg.ckpt is not None and not Path(cfg.ckpt).is_file():
-        raise ConfigError(f"ckpt={cfg.ckpt!r}: no such checkpoint file")
+    if cfg.ckpt is not None:
+        check_checkpoint_matches_model(module, cfg.ckpt)
     if command == "predict":
         out_dir = Path(cfg.run_dir) / "predictions"
         trainer.callbacks.append(NpzPredictionWriter(out_dir))
@@ -300,12 +321,23 @@ def run(argv: list[str]) -> object:
     return results
 
 
+def worker_error_message(err: BaseException) -> str:
+    """The error's own message, without the traceback DataLoader adds to errors raised in its workers."""
+    lines = str(err).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "worker" in lines[0]:
+        return lines[-1].split(": ", 1)[-1]
+    return str(err)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(sys.argv[1:])
     except (ConfigError, IncompatibleCheckpointError) as err:
         print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except DataFormatError as err:  # e.g. shards of another schema: the user points the run at other data
+        print(f"data error: {worker_error_message(err)}", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:  # last.ckpt is written (callbacks/signals.py); the run is not finished
         sys.exit(INTERRUPTED_EXIT_CODE)

@@ -60,7 +60,46 @@ def remove_stale_partials(directory: Path) -> list[Path]:
     return stale
 
 
-class LastCheckpoint(ModelCheckpoint):
+def why_not_save(trainer: L.Trainer) -> str | None:
+    """Why the current weights must not be written (None when they may be); the same answer on every rank.
+
+    Weights that just gave a non-finite loss (lightning_modules/nonfinite.py) or that hold NaN/Inf
+    would poison every run resumed from them: the previous checkpoint is kept instead.
+    """
+    module = trainer.lightning_module
+    in_a_row = getattr(module, "consecutive_nonfinite", 0)  # agreed by all ranks
+    if in_a_row:
+        return f"the last {in_a_row} step(s) had a non-finite loss"
+    params = [p for p in module.parameters() if p.numel()]  # this rank's shards under FSDP
+    finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True  # one sync
+    if not trainer.strategy.reduce_boolean_decision(finite, all=True):
+        return "the weights hold NaN or Inf"
+    return None
+
+
+class TrustedWeightsCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that writes no checkpoint (best-k or last) while `why_not_save` objects."""
+
+    _warned_at: int | None = None
+
+    def _refuses(self, trainer: L.Trainer) -> bool:
+        reason = why_not_save(trainer)
+        if reason is not None and trainer.is_global_zero and self._warned_at != trainer.global_step:
+            self._warned_at = trainer.global_step
+            log.warning("step %d: no checkpoint written to %s because %s; the previous one stays",
+                        trainer.global_step, self.dirpath, reason)
+        return reason is not None
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        if not self._refuses(trainer):
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        if not self._refuses(trainer):
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+
+
+class LastCheckpoint(TrustedWeightsCheckpoint):
     """Keep `last.ckpt` current: every `every_n_train_steps`, at the final step, and when asked.
 
     Lightning's ModelCheckpoint skips the final save when training stops at max_steps between
@@ -76,10 +115,13 @@ class LastCheckpoint(ModelCheckpoint):
             for path in remove_stale_partials(Path(self.dirpath)):
                 log.warning("removed %s, a checkpoint write that was interrupted", path)
 
-    def save_now(self, trainer: L.Trainer) -> Path:
-        """Write last.ckpt for the current step unless it is already on disk (every rank calls this)."""
+    def save_now(self, trainer: L.Trainer) -> Path | None:
+        """Write last.ckpt for the current step unless it is already on disk (every rank calls this);
+        its path, or None when the weights may not be saved (`why_not_save`)."""
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self._last_global_step_saved != trainer.global_step:
+            return None
         return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -22,6 +22,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from models.checkpoint_io import CheckpointReadError, describe_key_mismatch, load_checkpoint_file
+
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "tracklight"
@@ -81,19 +83,36 @@ def recorded_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     return hparams if isinstance(hparams, dict) and "model" in hparams else None
 
 
-def _parameter_mismatches(state: dict[str, torch.Tensor], module: L.LightningModule) -> list[str]:
-    mine = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in state.items()}
-    problems = [f"missing in the checkpoint: {k}" for k in sorted(mine.keys() - theirs.keys())]
-    problems += [f"not in this model: {k}" for k in sorted(theirs.keys() - mine.keys())]
-    problems += [f"shape {theirs[k]} in the checkpoint vs {mine[k]} here: {k}"
-                 for k in sorted(mine.keys() & theirs.keys()) if mine[k] != theirs[k]]
-    return problems
+def _parameter_mismatches(state: dict[str, torch.Tensor], module: L.LightningModule) -> str:
+    return describe_key_mismatch({k: tuple(v.shape) for k, v in module.state_dict().items()},
+                                 {k: tuple(v.shape) for k, v in state.items()})
+
+
+def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
+    """The checkpoint at `path` (tensors memory-mapped) if it is a training checkpoint; else
+    IncompatibleCheckpointError naming the config `key` and the file, in one line."""
+    try:
+        checkpoint = load_checkpoint_file(path, mmap=True)
+    except CheckpointReadError as err:
+        raise IncompatibleCheckpointError(f"{key}={str(path)!r}: {err}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise IncompatibleCheckpointError(
+            f"{key}={str(path)!r} is not a training checkpoint (.ckpt) of this framework (no 'state_dict'); "
+            "published weights load with model.init_from")
+    return checkpoint
+
+
+def check_checkpoint_matches_model(module: L.LightningModule, path: str | Path, key: str = "ckpt") -> None:
+    """Raise IncompatibleCheckpointError listing every mismatched parameter unless `path` fits `module`."""
+    mismatches = _parameter_mismatches(read_checkpoint(path, key)["state_dict"], module)
+    if mismatches:
+        raise IncompatibleCheckpointError(f"{key}={str(path)!r} does not match this model "
+                                          f"({type(module).__name__} from the current config):\n{mismatches}")
 
 
 def check_resume_compatible(cfg: DictConfig, module: L.LightningModule, path: str | Path) -> None:
     """Raise IncompatibleCheckpointError if `path` cannot continue this run; warn about changed keys."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = read_checkpoint(path, "resume")
     now = _flatten(OmegaConf.to_container(cfg, resolve=True))
     recorded = recorded_config(checkpoint)
     then = _flatten(recorded) if recorded is not None else {}
@@ -105,20 +124,18 @@ def check_resume_compatible(cfg: DictConfig, module: L.LightningModule, path: st
         reasons.append(f"model.family: {then['model.family']!r} in the checkpoint vs {now.get('model.family')!r} now")
     if recorded is not None and then.get("model.freeze") != now.get("model.freeze"):
         reasons.append(f"model.freeze: {then.get('model.freeze')} in the checkpoint vs {now.get('model.freeze')} now")
-    if not reasons:
-        mismatches = _parameter_mismatches(checkpoint["state_dict"], module)
-        if mismatches:
-            model_diff = [f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(then.keys() | now.keys())
-                          if k.startswith("model.") and then.get(k) != now.get(k)] if recorded is not None else []
-            shown = mismatches[:8] + ([f"... {len(mismatches) - 8} more"] if len(mismatches) > 8 else [])
-            reasons.append("the model's parameters do not match the checkpoint's ("
-                           + "; ".join(shown) + ")"
-                           + (f"; changed model keys: {', '.join(model_diff)}" if model_diff else ""))
+    mismatches = "" if reasons else _parameter_mismatches(checkpoint["state_dict"], module)
+    if mismatches:
+        model_diff = [f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(then.keys() | now.keys())
+                      if k.startswith("model.") and then.get(k) != now.get(k)] if recorded is not None else []
+        reasons.append("the model's parameters do not match the checkpoint's"
+                       + (f" (changed model keys: {', '.join(model_diff)})" if model_diff else ""))
     if reasons:
         raise IncompatibleCheckpointError(
             f"cannot resume from {path}: " + "; ".join(reasons)
             + ". Resuming needs the same model.family, architecture and model.freeze; start a new run_dir "
-            "(and load weights with model.init_from where the family supports it) to change them")
+            "(and load weights with model.init_from where the family supports it) to change them"
+            + (f"\n{mismatches}" if mismatches else ""))
 
     changed = [f"{k}: {then[k]!r} -> {now[k]!r}" for k in sorted(then.keys() & now.keys()) if then[k] != now[k]]
     if changed:

@@ -79,9 +79,12 @@ class CheckpointOnSignal(L.Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return
         path = self.last.save_now(trainer)  # every rank: saving includes a barrier
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and path is not None:
             log.warning("stopped by a signal at step %d; saved %s (continue with resume=auto)",
                         trainer.global_step, path)
+        elif trainer.is_global_zero:
+            log.warning("stopped by a signal at step %d; no checkpoint of this step (see above); resume=auto "
+                        "continues from the previous one", trainer.global_step)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._previous_sigterm is not None:

@@ -25,7 +25,7 @@ def data_split_lines(datamodule: L.LightningDataModule, world_size: int, num_wor
     if not hasattr(datamodule, "make_train_stream"):
         return []
     workers = max(num_workers, 1)
-    streams = [datamodule.make_train_stream(rank, world_size) for rank in range(world_size)]
+    streams = [datamodule.make_train_stream(rank, world_size, 0) for rank in range(world_size)]
     per_worker = [len(s.worker_shards(w, workers)) for s in streams for w in range(workers)]
     per_rank = [sum(per_worker[r * workers:(r + 1) * workers]) for r in range(world_size)]
     cfg = streams[0].cfg

@@ -168,8 +168,9 @@ class ThroughputMonitor(L.Callback):
             norm = trainer.strategy.model.clip_grad_norm_(float("inf"))
         else:
             norm = total_grad_norm(p for group in optimizer.param_groups for p in group["params"])
-        if norm is not None:
-            pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
+        # No gradient at all (a skipped non-finite step): NaN, not the previous step's value carried over.
+        pl_module.log("train/grad_norm", float("nan") if norm is None else norm, on_step=True, on_epoch=False,
+                      batch_size=1)
         for i, group in enumerate(optimizer.param_groups):
             key = "train/lr" if i == 0 else f"train/lr_pg{i}"
             pl_module.log(key, float(group["lr"]), on_step=True, on_epoch=False, batch_size=1)

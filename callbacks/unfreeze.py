@@ -19,16 +19,26 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from configs.loader import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-def set_trainable(module: nn.Module, prefixes: Sequence[str], trainable: bool) -> list[nn.Parameter]:
-    """Set requires_grad on the parameters whose names start with any prefix; every prefix must match."""
+def matching_parameters(module: nn.Module, prefixes: Sequence[str], key: str) -> list[nn.Parameter]:
+    """The parameters whose names start with any prefix; ConfigError names `key` when a prefix matches none."""
     named = list(module.named_parameters())
-    for prefix in prefixes:
-        if not any(name.startswith(prefix) for name, _ in named):
-            raise ValueError(f"parameter prefix {prefix!r} matches no parameter of {type(module).__name__}")
-    changed = [p for name, p in named if any(name.startswith(x) for x in prefixes)]
+    unmatched = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name, _ in named)]
+    if unmatched:
+        tops = sorted({name.split(".")[0] + "." for name, _ in named})
+        raise ConfigError(f"{key}: prefix(es) {unmatched} match no parameter of {type(module).__name__} "
+                          f"(its parameter names start with {tops})")
+    return [p for name, p in named if any(name.startswith(x) for x in prefixes)]
+
+
+def set_trainable(module: nn.Module, prefixes: Sequence[str], trainable: bool,
+                  key: str = "model.freeze") -> list[nn.Parameter]:
+    """Set requires_grad on the parameters whose names start with any prefix; every prefix must match."""
+    changed = matching_parameters(module, prefixes, key)
     for p in changed:
         p.requires_grad_(trainable)
     return changed
@@ -52,7 +62,7 @@ class StagedUnfreeze(L.Callback):
         for index, (step, prefixes) in enumerate(self.schedule):
             if index in self.applied or trainer.global_step < step:
                 continue
-            params = set_trainable(module, prefixes, True)
+            params = set_trainable(module, prefixes, True, key="model.unfreeze")
             self.late.extend(params)
             self.applied.add(index)
             log.info("step %d: unfroze %s (%d tensors)", trainer.global_step, prefixes, len(params))
@@ -75,6 +85,11 @@ class StagedUnfreeze(L.Callback):
             p.grad /= trainer.world_size
 
 
-def staged_unfreeze_callbacks(stages: Sequence[object]) -> list[L.Callback]:
-    """[StagedUnfreeze] for config stages (objects with `step` and `prefixes`), or [] when there are none."""
+def staged_unfreeze_callbacks(stages: Sequence[object], module: nn.Module) -> list[L.Callback]:
+    """[StagedUnfreeze] for config stages (objects with `step` and `prefixes`), or [] when there are none.
+
+    Every stage's prefixes are checked against `module` now, at start-up, not at their step.
+    """
+    for stage in stages:
+        matching_parameters(module, list(stage.prefixes), f"model.unfreeze (step {stage.step})")
     return [StagedUnfreeze([(s.step, list(s.prefixes)) for s in stages])] if stages else []

@@ -47,12 +47,23 @@ def load_data_pickle(source: str | Path | BinaryIO) -> Any:
 
 
 def load_object_npy(path: str | Path) -> Any:
-    """Load an object-dtype `.npy` (what `np.save` writes for a dict) and return its single item."""
+    """Load an object-dtype `.npy` (what `np.save` writes for a dict) and return its single item.
+
+    Every refusal or read error names the file (UnsafePickleError for a global outside the allow-list).
+    """
     with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        _, _, dtype = read_header(f)
+        try:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(f)
+        except ValueError as err:
+            raise ValueError(f"{path}: not a .npy file ({err})") from None
         if not dtype.hasobject:
             raise ValueError(f"{path}: expected an object array (a saved dict), got dtype {dtype}")
-        array = load_data_pickle(f)
+        try:
+            array = load_data_pickle(f)
+        except UnsafePickleError as err:
+            raise UnsafePickleError(f"{path}: {err}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+            raise ValueError(f"{path}: damaged pickle data ({type(err).__name__}: {err})") from None
     return array.item() if isinstance(array, np.ndarray) and array.size == 1 else array

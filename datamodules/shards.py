@@ -31,9 +31,20 @@ frames decode to exactly the source's pixels: PNG members, or the source's own J
 `benchmark` (protocol clips only: name, crop, depth cap; see datamodules/depth_benchmarks.py).
 
 Arrays are plain `.npy` / `.npz` read with `allow_pickle=False`; no member is ever
-unpickled. JPEG was chosen over a video codec because clips are sampled at random
-temporal offsets (per-frame members decode only the frames a clip needs) and it beats the
-PNG-folder layout on both speed and size (see BENCHMARKS.md).
+unpickled.
+
+Two kinds of bad sample, told apart here and handled by the readers (shard_reader.py):
+  - corrupt (`CorruptSampleError`): bytes that do not decode, i.e. a `meta.json` that is not a JSON
+    object, a `.npy` / `.npz` that does not load (pickled arrays included), tracks holding NaN/Inf,
+    a frame that is not an image or whose size differs from `meta.json`'s height x width.
+    Damage: counted and skipped.
+  - schema violation (`ShardFormatError`): well-formed bytes of another layout, i.e. a required
+    member missing, another `schema_version`, arrays whose shapes do not fit the frames. Data
+    written for another format or by another tool: a shard made of such samples stops training.
+
+JPEG was chosen over a video codec because clips are sampled at random temporal offsets
+(per-frame members decode only the frames a clip needs) and it beats the PNG-folder layout on
+both speed and size (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -53,6 +64,8 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import get_worker_info
 
+from datamodules.errors import DataFormatError
+
 SCHEMA_VERSION = 1
 REQUIRED_MEMBERS = ("meta.json", "tracks.npy", "visible.npy")
 _FRAME_MEMBER = re.compile(r"^(\d{3,5})\.(jpg|png)$")
@@ -60,8 +73,12 @@ FRAME_FORMATS = ("jpeg", "png")
 CAMERA_CONVENTION = "opencv_cam_to_world"  # x right, y down, z forward; camera -> world; metres
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(DataFormatError):
     """A sample that violates the schema (missing member, wrong shape or version)."""
+
+
+class CorruptSampleError(ValueError):
+    """A sample whose bytes do not decode (damaged data rather than another schema)."""
 
 
 @dataclass
@@ -85,9 +102,14 @@ class Clip:
         return len(self.jpeg_frames)
 
     def decode_frames(self, indices: range | list[int] | None = None) -> torch.Tensor:
-        """Decode frames to a uint8 (t, H, W, 3) RGB tensor."""
+        """Decode frames to a uint8 (t, H, W, 3) RGB tensor; CorruptSampleError names a bad frame."""
         indices = range(self.num_frames) if indices is None else indices
-        return decode_into_tensor([self.jpeg_frames[i] for i in indices])
+        size = (self.meta["height"], self.meta["width"]) if "height" in self.meta and "width" in self.meta else None
+        names = [frame_member(i, self.num_frames) for i in indices]
+        try:
+            return decode_into_tensor([self.jpeg_frames[i] for i in indices], size, names)
+        except CorruptSampleError as err:
+            raise CorruptSampleError(f"{self.source_url} sample {self.key}: {err}") from None
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
@@ -112,39 +134,71 @@ def _is_png(data: bytes) -> bool:
     return data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def frame_member(index: int, num_frames: int, data: bytes | None = None) -> str:
+    """The member name of frame `index` in a clip of `num_frames` frames (3 digits, more past 999).
+
+    The suffix follows the encoded bytes when given (PNG in lossless shards), else `.jpg`.
+    """
+    suffix = "png" if data is not None and _is_png(data) else "jpg"
+    return f"{index:0{max(3, len(str(num_frames - 1)))}d}.{suffix}"
+
+
 def decode_image(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
     """Decode one encoded image to uint8 (H, W, 3) RGB, into `out` when given.
 
     JPEG goes through libjpeg-turbo via simplejpeg (1.4x faster than PIL here, bit-identical,
-    and it writes into `out` without a copy); anything else through PIL.
+    and it writes into `out` without a copy); anything else through PIL. Data that does not decode,
+    or an image whose size is not `out`'s, raises CorruptSampleError.
     """
     if _is_jpeg(data):
-        try:
+        try:  # simplejpeg reports corrupt data as ValueError
+            if out is not None:  # it would fill the top of a larger buffer and leave the rest stale
+                _check_size(simplejpeg.decode_jpeg_header(data)[:2], out.shape[:2])
             return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
-        except ValueError as err:  # simplejpeg reports corrupt data as ValueError; readers skip OSError
-            raise OSError(f"corrupt JPEG: {err}") from err
-    with Image.open(io.BytesIO(data)) as img:
-        image = np.asarray(img.convert("RGB"))
+        except CorruptSampleError:
+            raise
+        except ValueError as err:
+            raise CorruptSampleError(f"corrupt JPEG: {err}") from None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            image = np.asarray(img.convert("RGB"))
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, zlib/struct errors... for bad bytes
+        raise CorruptSampleError(f"not a decodable image ({type(err).__name__}: {err})") from None
     if out is not None:
+        _check_size(image.shape[:2], out.shape[:2])
         out[...] = image
         return out
     return image
 
 
-def decode_into_tensor(images: list[bytes]) -> torch.Tensor:
-    """Decode encoded images into one uint8 (n, H, W, 3) tensor.
+def _check_size(got: tuple[int, int], expected: tuple[int, int]) -> None:
+    if tuple(got) != tuple(expected):
+        raise CorruptSampleError(f"image of {got[0]}x{got[1]} pixels where the clip's frames are {expected[0]}x{expected[1]}")
+
+
+def decode_into_tensor(images: list[bytes], size: tuple[int, int] | None = None,
+                       names: list[str] | None = None) -> torch.Tensor:
+    """Decode encoded images of one size (`size` = (H, W), else the first image's) into a uint8 (n, H, W, 3) tensor.
 
     Inside a DataLoader worker the tensor is allocated in shared memory, so handing it to
     the main process costs no extra copy (clips are megabytes; this halves loader time).
+    CorruptSampleError names (`names[i]`, else the index) the first image that does not decode or
+    has another size.
     """
-    first = decode_image(images[0])
-    out = torch.empty((len(images), *first.shape), dtype=torch.uint8)
-    if get_worker_info() is not None:
-        out.share_memory_()
-    view = out.numpy()
-    view[0] = first
-    for i in range(1, len(images)):
-        decode_image(images[i], view[i])
+    index = 0
+    try:
+        first = decode_image(images[0])
+        if size is not None:
+            _check_size(first.shape[:2], size)
+        out = torch.empty((len(images), *first.shape), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            out.share_memory_()
+        view = out.numpy()
+        view[0] = first
+        for index in range(1, len(images)):
+            decode_image(images[index], view[index])
+    except CorruptSampleError as err:
+        raise CorruptSampleError(f"{names[index] if names else f'image {index}'}: {err}") from None
     return out
 
 
@@ -157,8 +211,18 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 def _load_npy(data: bytes, name: str, where: str) -> np.ndarray:
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as err:
-        raise ShardFormatError(f"{where}: member {name} is not a plain numpy array: {err}") from err
+    except Exception as err:  # numpy raises ValueError, EOFError, OSError... for damaged or pickled data
+        raise CorruptSampleError(f"{where}: member {name} is not a plain numpy array: {err}") from None
+
+
+def _load_meta(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptSampleError(f"{where}: member meta.json is not JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise CorruptSampleError(f"{where}: member meta.json holds {type(meta).__name__}, not a JSON object")
+    return meta
 
 
 def encode_clip(
@@ -201,7 +265,6 @@ def encode_clip(
         raise ShardFormatError(f"{key}: depth_kind must be 'depth' or 'disparity', got {depth_kind!r}")
     if frame_format not in FRAME_FORMATS:
         raise ShardFormatError(f"{key}: frame_format must be one of {FRAME_FORMATS}, got {frame_format!r}")
-    digits = max(3, len(str(num_frames - 1)))
     meta = {
         "schema_version": SCHEMA_VERSION,
         "height": int(height),
@@ -226,7 +289,7 @@ def encode_clip(
                 raise ShardFormatError(f"{key}: encoded frame {t} is neither JPEG nor PNG")
         else:
             data = encode_png(frames[t]) if frame_format == "png" else encode_jpeg(frames[t], jpeg_quality)
-        sample[f"{t:0{digits}d}.{'png' if _is_png(data) else 'jpg'}"] = data
+        sample[frame_member(t, num_frames, data)] = data
     if depth is not None:
         if depth.shape != (num_frames, height, width):
             raise ShardFormatError(f"{key}: depth must be {(num_frames, height, width)}, got {depth.shape}")
@@ -268,8 +331,8 @@ def _camera_npz(key: str, num_frames: int, intrinsics: np.ndarray | None, cam_to
 def decode_clip(sample: dict[str, Any]) -> Clip:
     """Parse a raw WebDataset sample (member name -> bytes) into a Clip.
 
-    Raises ShardFormatError naming the shard and key for schema violations; corrupt
-    JPEG data is only detected when frames are decoded.
+    Raises ShardFormatError (schema violation) or CorruptSampleError (damaged bytes), naming the shard,
+    key and member; frames are only checked when they are decoded (Clip.decode_frames).
     """
     key = sample.get("__key__", "?")
     url = sample.get("__url__", "?")
@@ -280,25 +343,33 @@ def decode_clip(sample: dict[str, Any]) -> Clip:
         missing.append("NNN.jpg or NNN.png frames")
     if missing:
         raise ShardFormatError(f"{where}: missing required member(s) {missing}; present: {sorted(k for k in sample if not k.startswith('__'))}")
-    meta = json.loads(sample["meta.json"])
+    meta = _load_meta(sample["meta.json"], where)
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ShardFormatError(f"{where}: schema_version {version}, this reader understands {SCHEMA_VERSION}")
     tracks = _load_npy(sample["tracks.npy"], "tracks.npy", where).astype(np.float32, copy=False)
     visible = _load_npy(sample["visible.npy"], "visible.npy", where).astype(bool, copy=False)
+    if not np.isfinite(tracks).all():  # NaN labels would reach the loss and the augmentation's re-querying
+        raise CorruptSampleError(f"{where}: member tracks.npy holds {int((~np.isfinite(tracks)).sum())} NaN/Inf values")
     if tracks.shape[0] != len(frame_names) or visible.shape != tracks.shape[:2]:
         raise ShardFormatError(
             f"{where}: {len(frame_names)} frames but tracks {tracks.shape} / visible {visible.shape}"
         )
     clip = Clip(key, [sample[n] for n in frame_names], tracks, visible, meta, source_url=url)
     if "depth.npz" in sample:
-        with np.load(io.BytesIO(sample["depth.npz"]), allow_pickle=False) as arrays:
-            clip.depth, clip.depth_valid = arrays["depth"], arrays["valid"]
+        try:
+            with np.load(io.BytesIO(sample["depth.npz"]), allow_pickle=False) as arrays:
+                clip.depth, clip.depth_valid = arrays["depth"], arrays["valid"]
+        except Exception as err:  # zipfile / zlib / numpy errors for damaged data
+            raise CorruptSampleError(f"{where}: member depth.npz does not load: {type(err).__name__}: {err}") from None
     if "camera.npz" in sample:
-        with np.load(io.BytesIO(sample["camera.npz"]), allow_pickle=False) as arrays:
-            clip.intrinsics = arrays["intrinsics"]
-            if "cam_to_world" in arrays:
-                clip.cam_to_world, clip.pose_valid = arrays["cam_to_world"], arrays["pose_valid"]
+        try:
+            with np.load(io.BytesIO(sample["camera.npz"]), allow_pickle=False) as arrays:
+                clip.intrinsics = arrays["intrinsics"]
+                if "cam_to_world" in arrays:
+                    clip.cam_to_world, clip.pose_valid = arrays["cam_to_world"], arrays["pose_valid"]
+        except Exception as err:  # zipfile / zlib / numpy errors for damaged data
+            raise CorruptSampleError(f"{where}: member camera.npz does not load: {type(err).__name__}: {err}") from None
         if clip.intrinsics.shape != (clip.num_frames, 3, 3):
             raise ShardFormatError(f"{where}: camera.npz intrinsics {clip.intrinsics.shape} for {clip.num_frames} frames")
     return clip

@@ -43,10 +43,12 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from configs.loader import ConfigError
 from configs.schema import TapVidDataConfig
+from datamodules.errors import DataFormatError
 from datamodules.registry import register_datamodule
 from datamodules.safe_pickle import UnsafePickleError, load_data_pickle
-from datamodules.workers import ignore_stop_signals
+from datamodules.workers import stop_signal_safe_loader
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ def _load_pickle(file: Path) -> Any:
     try:
         return load_data_pickle(file)
     except UnsafePickleError as err:
-        raise ValueError(f"{file} is not a plain TAP-Vid data pickle: {err}") from err
+        raise DataFormatError(f"{file} is not a plain TAP-Vid data pickle: {err}") from None
 
 
 def _records(file: Path, data: Any) -> list[tuple[Any, str]]:
@@ -139,7 +141,7 @@ def _records(file: Path, data: Any) -> list[tuple[Any, str]]:
         return [(key, str(key)) for key in data]
     if isinstance(data, (list, tuple)):
         return [(i, f"{file.stem}_{i:04d}") for i in range(len(data))]
-    raise ValueError(f"{file}: expected a dict or list of videos at the top level, got {type(data).__name__}")
+    raise DataFormatError(f"{file}: expected a dict or list of videos at the top level, got {type(data).__name__}")
 
 
 def _is_jpeg_sequence(video: Any) -> bool:
@@ -150,23 +152,23 @@ def _check_record(file: Path, key: Any, record: Any) -> None:
     """Structure and shape checks that need no decoding."""
     where = f"{file}, video {key!r}"
     if not isinstance(record, Mapping):
-        raise ValueError(f"{where}: expected a dict with keys {REQUIRED_KEYS}, got {type(record).__name__}")
+        raise DataFormatError(f"{where}: expected a dict with keys {REQUIRED_KEYS}, got {type(record).__name__}")
     for name in REQUIRED_KEYS:
         if name not in record:
-            raise ValueError(f"{where}: missing key {name!r} (has {sorted(map(str, record))})")
+            raise DataFormatError(f"{where}: missing key {name!r} (has {sorted(map(str, record))})")
     points, occluded, video = np.asarray(record["points"]), np.asarray(record["occluded"]), record["video"]
     if points.ndim != 3 or points.shape[2] != 2:
-        raise ValueError(f"{where}: key 'points' must be (N, T, 2), got shape {points.shape}")
+        raise DataFormatError(f"{where}: key 'points' must be (N, T, 2), got shape {points.shape}")
     if occluded.shape != points.shape[:2] or occluded.dtype != bool:
-        raise ValueError(
+        raise DataFormatError(
             f"{where}: key 'occluded' must be bool {points.shape[:2]}, got {occluded.dtype} {occluded.shape}"
         )
     if not _is_jpeg_sequence(video):
         shape = np.shape(video)
         if len(shape) != 4 or shape[3] != 3 or np.asarray(video).dtype != np.uint8:
-            raise ValueError(f"{where}: key 'video' must be uint8 (T, H, W, 3) or JPEG bytes per frame, got {shape}")
+            raise DataFormatError(f"{where}: key 'video' must be uint8 (T, H, W, 3) or JPEG bytes per frame, got {shape}")
     if len(video) != points.shape[1]:
-        raise ValueError(f"{where}: key 'video' has {len(video)} frames but 'points' has {points.shape[1]}")
+        raise DataFormatError(f"{where}: key 'video' has {len(video)} frames but 'points' has {points.shape[1]}")
 
 
 def _frames(video: Any) -> Iterator[np.ndarray]:
@@ -339,14 +341,13 @@ class TapVidDataModule(L.LightningDataModule):
         kwargs = getattr(self.trainer, "distributed_sampler_kwargs", None) if self.trainer is not None else None
         if kwargs and kwargs.get("num_replicas", 1) > 1:
             sampler = _UnpaddedDistributedSampler(self.dataset, kwargs["num_replicas"], kwargs["rank"])
-        return DataLoader(
+        return stop_signal_safe_loader(
             self.dataset,
             batch_size=1,
             shuffle=False,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=ignore_stop_signals,
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -359,5 +360,10 @@ class TapVidDataModule(L.LightningDataModule):
 @register_datamodule("tapvid", TapVidDataConfig)
 def build_tapvid_datamodule(cfg: DictConfig) -> TapVidDataModule:
     d = cfg.data
-    return TapVidDataModule(path=d.path, dataset=d.dataset, query_mode=d.query_mode, resize=tuple(d.resize),
-                            num_workers=d.num_workers, max_videos=d.max_videos)
+    try:
+        return TapVidDataModule(path=d.path, dataset=d.dataset, query_mode=d.query_mode, resize=tuple(d.resize),
+                                num_workers=d.num_workers, max_videos=d.max_videos)
+    except FileNotFoundError as err:
+        raise ConfigError(f"data.path={d.path!r}: {err}") from None
+    except ValueError as err:  # data.dataset or data.query_mode
+        raise ConfigError(f"data: {err}") from None

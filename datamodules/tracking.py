@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -12,14 +11,15 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from configs.loader import ConfigError
 from configs.schema import TrackingDataConfig
 from datamodules.registry import register_datamodule
 from datamodules.augment import augment_tracking_batch
 from datamodules.clip_sampling import TooFewTracks, cut_eval_sample, cut_training_sample
-from datamodules.shard_reader import SkipCounter, iter_shard
-from datamodules.shards import Clip, decode_clip, expand_shards
+from datamodules.shard_reader import SkipCounter, iter_clips
+from datamodules.shards import Clip, CorruptSampleError, expand_shards
 from datamodules.synthetic_shards import ensure_synthetic_shards
-from datamodules.workers import ignore_stop_signals
+from datamodules.workers import stop_signal_safe_loader
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,16 @@ class TrainClipStream(IterableDataset):
     Shards are split by rank first, then by dataloader worker, so no two (rank, worker) pairs
     read the same shard; each pass over the subset is re-shuffled. Every rank yields exactly
     `batches_per_epoch` batches per epoch whatever its data, so DDP never waits on a rank.
+
+    The order depends on the run's seed, the epoch and `start_step`, the global step training
+    starts from: a run resumed from a checkpoint reads a new order (not the first batches again),
+    the same one each time it resumes from that checkpoint.
     """
 
-    def __init__(self, urls: list[str], cfg: TrackingDataConfig, rank: int, world_size: int) -> None:
+    def __init__(self, urls: list[str], cfg: TrackingDataConfig, rank: int, world_size: int,
+                 start_step: int = 0) -> None:
         self.urls, self.cfg, self.rank, self.world_size = urls, cfg, rank, world_size
+        self.start_step = start_step
 
     def __len__(self) -> int:
         return self.cfg.batches_per_epoch
@@ -64,7 +70,7 @@ class TrainClipStream(IterableDataset):
         worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
         urls = self.worker_shards(worker_id, num_workers)
         # torch's RNG is seeded per epoch and per worker by the DataLoader (and by seed_everything).
-        rng = np.random.default_rng([int(torch.randint(0, 2**62, (1,))), self.rank, worker_id])
+        rng = np.random.default_rng([int(torch.randint(0, 2**62, (1,))), self.rank, worker_id, self.start_step])
         share = self.cfg.batches_per_epoch // num_workers + (worker_id < self.cfg.batches_per_epoch % num_workers)
         skips = SkipCounter()
         samples = self._samples(urls, rng, skips)
@@ -72,44 +78,43 @@ class TrainClipStream(IterableDataset):
             batch = [next(samples) for _ in range(self.cfg.batch_size)]
             yield _collate(batch, skips.take())
 
-    def _raw(self, urls: list[str], rng: np.random.Generator, skips: SkipCounter) -> Iterator[dict[str, Any]]:
+    def _clips(self, urls: list[str], rng: np.random.Generator, skips: SkipCounter) -> Iterator[Clip]:
         while True:
             produced = False
             for i in rng.permutation(len(urls)):
-                for raw in iter_shard(urls[i], skips):
+                for clip in iter_clips(urls[i], skips):
                     produced = True
-                    yield raw
+                    yield clip
             if not produced:
                 raise RuntimeError(f"no readable sample in training shards {urls}")
 
     def _samples(self, urls: list[str], rng: np.random.Generator, skips: SkipCounter) -> Iterator[dict[str, torch.Tensor]]:
-        buffer: list[dict[str, Any]] = []
+        buffer: list[Clip] = []
         unusable_in_a_row = 0
-        for raw in self._raw(urls, rng, skips):
-            buffer.append(raw)
+        for clip in self._clips(urls, rng, skips):
+            buffer.append(clip)
             if len(buffer) < self.cfg.shuffle_buffer:
                 continue
-            raw = buffer.pop(int(rng.integers(len(buffer))))
-            clip = decode_clip(raw)  # schema violations stop training with the file named
+            clip = buffer.pop(int(rng.integers(len(buffer))))
             try:
                 sample = self.cut_sample(clip, rng)
             except TooFewTracks as err:
                 skips.too_few_tracks += 1
                 log.debug("skipping clip: %s", err)
-                unusable_in_a_row += 1
-                if unusable_in_a_row >= MAX_UNUSABLE_IN_A_ROW:
-                    # Otherwise the stream would spin forever without a word.
-                    raise RuntimeError(
-                        f"{unusable_in_a_row} clips in a row were too short or had too few tracks (last: {err}); "
-                        f"lower data.clip_len ({self.cfg.clip_len}) or data.num_queries / data.num_tracks to what "
-                        f"the shards {urls[:3]}... hold") from err
-                continue
-            except (OSError, SyntaxError) as err:  # PIL's errors for corrupt JPEG data
+                problem = (f"clips in a row were too short or had too few tracks (last: {err}); lower "
+                           f"data.clip_len ({self.cfg.clip_len}) or data.num_queries / data.num_tracks to what "
+                           f"the shards {urls[:3]}... hold")
+            except CorruptSampleError as err:
                 skips.corrupt += 1
-                log.warning("skipping corrupt sample %s in %s: %s", clip.key, clip.source_url, err)
+                log.warning("skipping corrupt sample: %s", err)
+                problem = f"clips in a row were corrupt (last: {err})"
+            else:
+                unusable_in_a_row = 0
+                yield sample
                 continue
-            unusable_in_a_row = 0
-            yield sample
+            unusable_in_a_row += 1
+            if unusable_in_a_row >= MAX_UNUSABLE_IN_A_ROW:  # otherwise the stream would spin forever
+                raise RuntimeError(f"{unusable_in_a_row} {problem}")
 
     def cut_sample(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """One fixed-shape training sample from a stored clip (subclasses cut other sample kinds)."""
@@ -117,67 +122,105 @@ class TrainClipStream(IterableDataset):
 
 
 class EvalClips(Dataset):
-    """Map-style validation set: every sample of the given shards, held compressed in memory.
+    """Map-style validation set: every usable sample of the given shards, held compressed in memory.
 
-    Validation sets are small; map-style lets Lightning's DistributedSampler split them.
+    Validation sets are small; map-style lets Lightning's DistributedSampler split them. Each clip
+    is cut once here, so damaged clips (and clips with too few tracks) are skipped and counted up
+    front (`skipped`) instead of failing a validation epoch.
     """
 
     def __init__(self, urls: list[str], clip_len: int, num_queries: int) -> None:
-        skips = SkipCounter()
-        self.raw = [raw for url in urls for raw in iter_shard(url, skips)]
-        if skips.corrupt:
-            log.warning("%d corrupt validation shard(s) skipped", skips.corrupt)
-        if not self.raw:
-            raise FileNotFoundError(f"validation shards {urls} hold no readable sample")
         self.clip_len, self.num_queries = clip_len, num_queries
+        self.skipped = SkipCounter()
+        self.clips: list[Clip] = []
+        for clip in (clip for url in urls for clip in iter_clips(url, self.skipped)):
+            if self._usable(clip, len(self.clips)):
+                self.clips.append(clip)
+        if self.skipped.corrupt or self.skipped.too_few_tracks:
+            log.warning("validation set: %d clip(s) kept, %d corrupt and %d with too few tracks skipped",
+                        len(self.clips), self.skipped.corrupt, self.skipped.too_few_tracks)
+        if not self.clips:
+            raise FileNotFoundError(f"validation shards {urls} hold no usable sample")
+
+    def _usable(self, clip: Clip, index: int) -> bool:
+        try:
+            self.cut(clip, index)
+        except CorruptSampleError as err:
+            self.skipped.corrupt += 1
+            log.warning("skipping corrupt validation sample: %s", err)
+            return False
+        except TooFewTracks as err:
+            self.skipped.too_few_tracks += 1
+            log.warning("skipping validation clip: %s", err)
+            return False
+        return True
 
     def __len__(self) -> int:
-        return len(self.raw)
+        return len(self.clips)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return cut_eval_sample(decode_clip(self.raw[index]), self.clip_len, self.num_queries, seed=index)
+        return self.cut(self.clips[index], index)
+
+    def cut(self, clip: Clip, index: int) -> dict[str, torch.Tensor]:
+        """The evaluation sample of `clip` (subclasses cut other sample kinds)."""
+        return cut_eval_sample(clip, self.clip_len, self.num_queries, seed=index)
+
+
+def _expand_shard_key(key: str, pattern: str) -> list[str]:
+    try:
+        return expand_shards(pattern)
+    except FileNotFoundError:
+        raise ConfigError(f"{key}={pattern!r} matches no shard files") from None
 
 
 class TrackingDataModule(L.LightningDataModule):
     def __init__(self, cfg: TrackingDataConfig, seed: int = 0) -> None:
         super().__init__()
+        if cfg.batch_size < 1:
+            raise ConfigError(f"data.batch_size={cfg.batch_size}: must be at least 1")
         self.cfg, self.seed = cfg, seed
         self.train_urls: list[str] = []
         self.val_urls: list[str] = []
 
-    def _resolve_shards(self) -> tuple[str, str]:
-        if self.cfg.train_shards is not None:
-            return self.cfg.train_shards, self.cfg.val_shards or self.cfg.train_shards
-        return ensure_synthetic_shards(self.cfg.synthetic)
+    def _resolve_shards(self) -> tuple[str | None, str]:
+        """(train, val) shard specs: the configured ones, else the embedded synthetic data."""
+        train, val = self.cfg.train_shards, self.cfg.val_shards
+        if train is None and val is None:
+            return ensure_synthetic_shards(self.cfg.synthetic)
+        return train, val or train
 
     def prepare_data(self) -> None:
         self._resolve_shards()  # generates the synthetic cache once per node
 
     def setup(self, stage: str | None = None) -> None:
         train, val = self._resolve_shards()
-        self.train_urls, self.val_urls = expand_shards(train), expand_shards(val)
+        if train is None and stage == "fit":
+            raise ConfigError("data.val_shards is set but data.train_shards is not: set data.train_shards too "
+                              "(only validate / test / predict run on data.val_shards alone)")
+        self.train_urls = _expand_shard_key("data.train_shards", train) if train is not None else []
+        self.val_urls = _expand_shard_key("data.val_shards" if self.cfg.val_shards else "data.train_shards", val)
 
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    def _rank_world_step(self) -> tuple[int, int, int]:
+        trainer = self.trainer  # a resumed run has restored its global step when it asks for the loader
+        return (trainer.global_rank, trainer.world_size, trainer.global_step) if trainer is not None else (0, 1, 0)
 
-    def make_train_stream(self, rank: int, world: int) -> TrainClipStream:
-        return TrainClipStream(self.train_urls, self.cfg, rank, world)
+    def make_train_stream(self, rank: int, world: int, start_step: int) -> TrainClipStream:
+        return TrainClipStream(self.train_urls, self.cfg, rank, world, start_step)
 
     def make_eval_dataset(self) -> Dataset:
         return EvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len,
                          self.cfg.val_num_queries or self.cfg.num_queries)
 
     def train_dataloader(self) -> DataLoader:
-        stream = self.make_train_stream(*self._rank_world())
+        stream = self.make_train_stream(*self._rank_world_step())
         workers = self.cfg.num_workers
-        return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
-                          prefetch_factor=2 if workers else None, worker_init_fn=ignore_stop_signals)
+        return stop_signal_safe_loader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                                       prefetch_factor=2 if workers else None)
 
     def _eval_loader(self) -> DataLoader:
         dataset = self.make_eval_dataset()
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
-                          num_workers=min(self.cfg.num_workers, len(dataset)), worker_init_fn=ignore_stop_signals)
+        return stop_signal_safe_loader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
+                                       num_workers=min(self.cfg.num_workers, len(dataset)))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader()

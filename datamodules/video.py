@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from configs.schema import AugmentConfig, SyntheticDataConfig
 from datamodules.clip_sampling import TooFewTracks, clip_id
 from datamodules.registry import register_datamodule
-from datamodules.shards import Clip, decode_clip
+from datamodules.shards import Clip
 from datamodules.tracking import EvalClips, TrackingDataModule, TrainClipStream
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,12 @@ class VideoEvalClips(EvalClips):
 
     def __init__(self, urls: list[str], clip_len: int, num_queries: int, require_depth: bool = True,
                  require_intrinsics: bool = False, require_poses: bool = False) -> None:
-        super().__init__(urls, clip_len, num_queries)
+        # Set before EvalClips.__init__, which cuts every clip once to find the damaged ones.
         self.require_depth = require_depth
         self.require_intrinsics, self.require_poses = require_intrinsics, require_poses
+        super().__init__(urls, clip_len, num_queries)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        clip = decode_clip(self.raw[index])
+    def cut(self, clip: Clip, index: int) -> dict[str, torch.Tensor]:
         return cut_video_sample(clip, 0, min(self.clip_len, clip.num_frames), self.num_queries,
                                 np.random.default_rng(index), self.require_depth, self.require_intrinsics,
                                 self.require_poses)
@@ -145,8 +145,8 @@ class VideoEvalClips(EvalClips):
 class VideoDataModule(TrackingDataModule):
     """TrackingDataModule (shard resolution, DDP split, device augmentation) cutting depth clips."""
 
-    def make_train_stream(self, rank: int, world: int) -> VideoClipStream:
-        return VideoClipStream(self.train_urls, self.cfg, rank, world)
+    def make_train_stream(self, rank: int, world: int, start_step: int) -> VideoClipStream:
+        return VideoClipStream(self.train_urls, self.cfg, rank, world, start_step)
 
     def make_eval_dataset(self) -> VideoEvalClips:
         return VideoEvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len, self.cfg.num_tracks,

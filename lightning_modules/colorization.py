@@ -139,7 +139,7 @@ class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModu
         from callbacks.unfreeze import staged_unfreeze_callbacks
 
         return [ColorizationVideoLogger(self.cfg.wandb.log_media_every_n_validations),
-                *staged_unfreeze_callbacks(self.cfg.model.unfreeze)]
+                *staged_unfreeze_callbacks(self.cfg.model.unfreeze, self.model)]
 
     def on_fit_start(self) -> None:
         frozen_image = any(not p.requires_grad for p in self.model.image.parameters())

@@ -14,8 +14,10 @@ class NonFiniteGuard:
     """Mixin for LightningModules: `return self.finish_training_step(terms, batch_size, max_in_a_row)`.
 
     All ranks agree (via all_gather) so DDP stays in lockstep: no rank runs backward when any
-    rank's loss is not finite. `max_consecutive_nonfinite` skipped steps in a row raise, so a
-    diverged run stops before a corrupted checkpoint is written.
+    rank's loss is not finite. A skipped step logs its loss terms as NaN (loggers would otherwise
+    repeat the previous step's values) and counts `train/nonfinite_steps_skipped`. While
+    `consecutive_nonfinite` > 0 no checkpoint is written (callbacks/checkpointing.py): the weights
+    that gave a non-finite loss are not saved. `max_consecutive_nonfinite` skipped steps in a row raise.
     """
 
     consecutive_nonfinite: int = 0
@@ -25,13 +27,12 @@ class NonFiniteGuard:
                              max_consecutive: int) -> torch.Tensor | None:
         """Common end of a training_step: keep the terms, skip non-finite steps, log, return the loss."""
         self.last_loss_terms = {k: v.detach() for k, v in terms.items()}
-        if not self.all_ranks_finite(terms["loss"], max_consecutive):
-            return None
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch_size)
+        finite = self.all_ranks_finite(terms["loss"], max_consecutive)
         for key, value in terms.items():
-            if key != "loss":
-                self.log(f"train/loss_{key}", value, batch_size=batch_size)
-        return terms["loss"]
+            value = value if finite else float("nan")  # a skipped step: its loss did not count
+            self.log("train/loss" if key == "loss" else f"train/loss_{key}", value, prog_bar=key == "loss",
+                     batch_size=batch_size)
+        return terms["loss"] if finite else None
 
     def all_ranks_finite(self: L.LightningModule, loss: torch.Tensor, max_consecutive: int) -> bool:
         finite = torch.isfinite(loss.detach()).float()

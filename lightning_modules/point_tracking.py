@@ -36,10 +36,9 @@ class PointTrackingModule(NonFiniteGuard, L.LightningModule):
         raise NotImplementedError
 
     def default_callbacks(self) -> list[L.Callback]:
-        from callbacks.data_health import DataHealthLogger
         from callbacks.track_video import TrackVideoLogger
 
-        return [DataHealthLogger(), TrackVideoLogger(self.cfg.wandb.log_media_every_n_validations)]
+        return [TrackVideoLogger(self.cfg.wandb.log_media_every_n_validations)]
 
     def on_validation_epoch_start(self) -> None:
         self.media = None

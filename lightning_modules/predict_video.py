@@ -32,7 +32,7 @@ from torch import Tensor
 
 from datamodules.query_files import check_queries
 from datamodules.video_files import FrameArrayWriter, Mp4Writer, VideoReader, write_png16
-from models.checkpoint_io import load_strict
+from models.checkpoint_io import CheckpointReadError, load_checkpoint_file, load_strict
 from models.cotracker3_predictor import CoTrackerThreePredictor
 from models.cotracker3_stream_predictor import StreamingTrackPredictor
 from models.track_ops import points_on_grid
@@ -49,9 +49,45 @@ class PredictError(ValueError):
 
 
 def pick_device(name: str) -> torch.device:
+    """`auto` (CUDA if present, else CPU), `cpu`, `cuda`, `cuda:N`, `mps`; PredictError for anything unusable."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PredictError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise PredictError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PredictError(f"--device {name}: MPS is not available here (use --device cpu or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise PredictError(f"--device {name!r}: only cpu, cuda and mps devices are supported")
+    return device
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on `device` (None when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            return None
+        for line in meminfo.splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def check_point_budget(num_points: int, bytes_per_point: int, device: torch.device, what: str) -> None:
+    """PredictError before any work when `num_points` tracked points cannot fit in `device`'s free memory."""
+    need, have = num_points * bytes_per_point, available_memory(device)
+    if have is not None and need > have:
+        raise PredictError(f"{what}: {num_points:,} points need at least {need / 2**30:.1f} GiB for one window, more "
+                           f"than the {have / 2**30:.1f} GiB free on {device}; track fewer points")
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -82,12 +118,10 @@ def load_module(path: str | Path, families: tuple[str, ...]) -> tuple[L.Lightnin
     from lightning_modules.registry import FAMILY_MODULES
 
     path = Path(path)
-    if not path.is_file():
-        raise PredictError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise PredictError(f"{path}: not a readable checkpoint ({err})") from err
+        ckpt = load_checkpoint_file(path)
+    except CheckpointReadError as err:
+        raise PredictError(str(err)) from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "model" not in hparams or "state_dict" not in ckpt:
         raise PredictError(f"{path} is not a training checkpoint of this framework (no saved config); "

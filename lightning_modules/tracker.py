@@ -52,13 +52,9 @@ class TrackerModule(PointTrackingModule):
         self.loss_weights = LossWeights(**OmegaConf.to_container(m.loss))
 
     def _freeze(self, prefixes: list[str]) -> None:
-        names = [n for n, _ in self.model.named_parameters()]
-        for prefix in prefixes:
-            if not any(n.startswith(prefix) for n in names):
-                raise ValueError(f"model.freeze prefix {prefix!r} matches no parameter")
-        for name, param in self.model.named_parameters():
-            if any(name.startswith(p) for p in prefixes):
-                param.requires_grad_(False)
+        from callbacks.unfreeze import set_trainable
+
+        set_trainable(self.model, prefixes, False)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:

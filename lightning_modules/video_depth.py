@@ -100,7 +100,7 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
         from callbacks.unfreeze import staged_unfreeze_callbacks
 
         return [DepthVideoLogger(self.cfg.wandb.log_media_every_n_validations),
-                *staged_unfreeze_callbacks(self.cfg.model.unfreeze)]
+                *staged_unfreeze_callbacks(self.cfg.model.unfreeze, self.model)]
 
     def model_tracks(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Tracks fed to the model: the on-the-fly tracker's, else the batch's; None for an image model."""

@@ -17,15 +17,31 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint whose keys or shapes do not match the module it is loaded into."""
 
 
-def read_state_dict(path: str | os.PathLike, wrapper_keys: tuple[str, ...] = _WRAPPER_KEYS) -> dict[str, torch.Tensor]:
-    """Read a state_dict from a local file (never from the network), unwrapping common containers."""
+class CheckpointReadError(CheckpointMismatchError):
+    """A file that does not load as a weights-only torch checkpoint (missing, truncated, damaged, foreign)."""
+
+
+def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> object:
+    """`torch.load(path, weights_only=True)` onto the CPU; CheckpointReadError says in one line what is wrong.
+
+    `mmap=True` maps tensors lazily (cheap for reading metadata of large checkpoints).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise CheckpointReadError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt / non-tensor pickles
-        raise CheckpointMismatchError(f"could not read {path} as a weights-only torch checkpoint: {err}") from err
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises several types for truncated, damaged or non-tensor files
+        if mmap:  # the mmap path reports any damaged file as "mmap can only be used with files saved with ..."
+            return load_checkpoint_file(path, mmap=False)
+        lines = str(err).strip().splitlines()
+        raise CheckpointReadError(f"{path} is not a readable checkpoint (truncated, damaged, or not a weights-only "
+                                  f"torch file): {lines[0] if lines else type(err).__name__}") from None
+
+
+def read_state_dict(path: str | os.PathLike, wrapper_keys: tuple[str, ...] = _WRAPPER_KEYS) -> dict[str, torch.Tensor]:
+    """Read a state_dict from a local file (never from the network), unwrapping common containers."""
+    obj = load_checkpoint_file(path)
     for key in wrapper_keys:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -40,23 +56,40 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[st
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def describe_mismatch(module: nn.Module, state_dict: Mapping[str, torch.Tensor], limit: int = 40) -> str:
-    """Human-readable list of missing, unexpected and wrongly shaped keys ('' when they match)."""
+# Longer key lists are printed one line per name prefix (their first two components), still in full.
+GROUP_OVER = 12
+
+
+def describe_mismatch(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Every missing, unexpected and wrongly shaped key, human-readable ('' when they match)."""
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
+    return describe_key_mismatch({k: tuple(v.shape) for k, v in expected.items()},
+                                 {k: tuple(v.shape) for k, v in state_dict.items()})
+
+
+def describe_key_mismatch(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]) -> str:
+    """`describe_mismatch` on name -> shape maps: the model's (`expected`) and the checkpoint's (`found`)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k}: checkpoint {found[k]} vs model {shape}" for k, shape in expected.items()
+              if k in found and tuple(found[k]) != tuple(shape)]
     parts = []
     for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
         if items:
-            shown = "\n    ".join(items[:limit])
-            more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
-            parts.append(f"  {len(items)} {title}:\n    {shown}{more}")
+            parts.append(f"  {len(items)} {title}:\n{list_keys(items)}")
     return "\n".join(parts)
+
+
+def list_keys(items: list[str]) -> str:
+    """All items, one per line, or (more than GROUP_OVER) one line per key prefix."""
+    if len(items) <= GROUP_OVER:
+        return "\n".join(f"    {item}" for item in items)
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        name = item.split(":")[0].split(" ")[0]
+        parts = name.split(".")
+        groups.setdefault(".".join(parts[:2]) if len(parts) > 2 else ".".join(parts[:-1]) or name, []).append(item)
+    return "\n".join(f"    {prefix}.* ({len(members)}): {'; '.join(members)}" for prefix, members in groups.items())
 
 
 def load_strict(

@@ -204,6 +204,15 @@ class CoTrackerThree(nn.Module):
     def step(self) -> int:
         return self.window_len // 2
 
+    def inference_bytes_per_point(self) -> int:
+        """A lower bound of the activation memory one tracked point takes during a window at inference,
+        in float32: per frame, one level's 4D correlation and its MLP (levels run one after the other),
+        every level's correlation features, the track token and a few transformer widths."""
+        c = self.config
+        patch = (2 * c.corr_radius + 1) ** 2
+        per_frame = patch * patch + c.corr_hidden_dim + c.corr_levels * c.corr_out_dim + c.input_dim + 4 * c.hidden_size
+        return 4 * per_frame * self.window_len
+
     # ------------------------------------------------------------------ shared core
     def _check_inputs(self, video: Tensor, queries: Tensor) -> None:
         if video.dim() != 5 or video.shape[2] != 3:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.checkpoint_io import CheckpointMismatchError, load_strict, read_state_dict
+from models.checkpoint_io import CheckpointMismatchError, load_checkpoint_file, load_strict, read_state_dict
 from models.deformable_attention import SpatialShapes
 from models.resnet import ResNet
 from models.taptrv2_layers import (
@@ -437,13 +437,8 @@ def load_taptrv2_checkpoint(model: TaptrV2, path: str | os.PathLike, prefer_ema:
     taken by default) plus optimiser state and the run's argparse namespace, which the
     weights-only loader is allowed to rebuild.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt / non-tensor pickles
-        raise CheckpointMismatchError(f"could not read {path} as a weights-only torch checkpoint: {err}") from err
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = load_checkpoint_file(path)
     if not isinstance(obj, Mapping):
         raise CheckpointMismatchError(f"{path} does not hold a dict")
     load_strict(model, _unwrap_official(obj, prefer_ema), what=f"TAPTRv2 checkpoint {path}")

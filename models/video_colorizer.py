@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from models.checkpoint_io import CheckpointMismatchError, load_strict, read_state_dict
+from models.checkpoint_io import CheckpointMismatchError, list_keys, load_strict, read_state_dict
 from models.tracktention import TracktentionLayerConfig, TracktentionSet
 
 @dataclass(frozen=True)
@@ -114,7 +114,8 @@ class VideoColorizer(nn.Module):
                 layers = prefix[: -len("image.")] + "tracktention."
                 extra = [k for k in state if not k.startswith(prefix) and not k.startswith(layers)]
                 if extra:
-                    raise CheckpointMismatchError(f"{path}: unexpected keys outside {prefix!r}: {extra[:10]}")
+                    raise CheckpointMismatchError(f"{path}: {len(extra)} unexpected keys outside {prefix!r}:\n"
+                                                  + list_keys(extra))
                 state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
                 break
         load_strict(self.image, state, what=f"image colorizer weights from {path}")

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.checkpoint_io import CheckpointMismatchError, load_strict, read_state_dict
+from models.checkpoint_io import CheckpointMismatchError, list_keys, load_strict, read_state_dict
 from models.depth_anything_v2 import DepthAnythingV2, network_input_size
 from models.dinov2 import imagenet_normalize
 from models.tracktention import TracktentionLayerConfig, TracktentionSet
@@ -114,7 +114,8 @@ class VideoDepthAnything(nn.Module):
             if any(k.startswith(prefix) for k in state):
                 extra = [k for k in state if not k.startswith(prefix) and not k.startswith(prefix[:-6] + "tracktention.")]
                 if extra:
-                    raise CheckpointMismatchError(f"{path}: unexpected keys outside {prefix!r}: {extra[:10]}")
+                    raise CheckpointMismatchError(f"{path}: {len(extra)} unexpected keys outside {prefix!r}:\n"
+                                                  + list_keys(extra))
                 state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
                 break
         load_strict(self.image, state, what=f"Depth Anything V2 weights from {path}")

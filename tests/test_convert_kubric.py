@@ -4,7 +4,7 @@ from PIL import Image
 
 from datamodules.shard_reader import SkipCounter, iter_shard
 from datamodules.shards import decode_clip, expand_shards
-from tools.convert_kubric import convert
+from tools.convert_kubric import ConversionError, convert
 
 
 def _make_sequence(root, name, T=5, N=7, H=16, W=20, seed=0, with_depth=False):
@@ -57,5 +57,5 @@ def test_converter_errors_name_the_problem(tmp_path):
     seq = tmp_path / "bad" / "s"
     (seq / "frames").mkdir(parents=True)
     np.save(seq / "s.npy", {"coords": np.zeros((1, 1, 2))}, allow_pickle=True)
-    with pytest.raises(KeyError, match="visibility"):
+    with pytest.raises(ConversionError, match="sequence s: .*s.npy: missing key 'visibility'"):
         convert(tmp_path / "bad", tmp_path / "out2", workers=1)

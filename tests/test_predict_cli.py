@@ -235,6 +235,35 @@ def test_bad_inputs_exit_with_a_message_naming_the_file(video, tracker_ckpt, tmp
     assert code == 2 and "holds a 'cotracker3' model" in err
 
 
+def test_requests_that_cannot_run_are_refused_up_front(video, weights, tmp_path, capsys, monkeypatch):
+    track = ["track", "--video", str(video), "--weights", str(weights["online"]), "--arch", json.dumps(TINY_TRACKER)]
+    out = ["--out", str(tmp_path / "pred")]
+    code, _, err = run_cli([*track, "--grid", "1000", *out], capsys)
+    assert code == 2 and "--grid 1000: 1000x1000 points are denser than the pixels" in err and "--grid 24" in err
+    code, _, err = run_cli([*track, "--grid", "5", "--device", "bogus", *out], capsys)
+    assert code == 2 and "--device 'bogus' is not a device" in err
+    if not torch.cuda.is_available():
+        code, _, err = run_cli([*track, "--grid", "5", "--device", "cuda", *out], capsys)
+        assert code == 2 and "--device cuda: CUDA is not available here" in err
+    existing = tmp_path / "a_file"
+    existing.write_text("")
+    code, _, err = run_cli([*track, "--grid", "5", "--out", str(existing)], capsys)
+    assert code == 2 and f"--out {existing}: exists and is not a directory" in err
+    # Memory: 24 points (+ the 6x6 support grid) against a machine with 1 MiB free.
+    monkeypatch.setattr("lightning_modules.predict_video.available_memory", lambda device: 2**20)
+    code, _, err = run_cli([*track, "--grid", "24", *out], capsys)
+    assert code == 2 and "--grid 24: 612 points need at least" in err and "free on cpu; track fewer points" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "pred").exists()
+
+
+def test_the_memory_estimate_is_a_lower_bound_of_one_window():
+    model = CoTrackerThree(CoTrackerThreeConfig(variant="online"))  # the published architecture
+    per_point = model.inference_bytes_per_point()
+    # One level's 4D correlation alone: (2r+1)^4 float32 per point and frame of a 16-frame window.
+    assert per_point > 4 * 7**4 * 16
+    assert 1000**2 * per_point > 300 * 2**30  # --grid 1000: hundreds of GiB, refused on any machine
+
+
 @pytest.mark.slow
 def test_script_exit_code_for_a_non_video(tmp_path):
     junk = tmp_path / "notes.txt"

@@ -9,7 +9,7 @@ import pytest
 
 from datamodules.safe_pickle import UnsafePickleError, load_data_pickle, load_object_npy
 from datamodules.tapvid import TapVidDataset
-from tools.convert_kubric import convert
+from tools.convert_kubric import ConversionError, convert
 
 
 class _RunsCode:
@@ -53,6 +53,6 @@ def test_kubric_annotation_npy_loads_and_tampered_one_is_refused(tmp_path):
     seq = tmp_path / "src" / "s"
     (seq / "frames").mkdir(parents=True)
     np.save(seq / "s.npy", np.array([_RunsCode(marker)], dtype=object), allow_pickle=True)
-    with pytest.raises(UnsafePickleError):
+    with pytest.raises(ConversionError, match=rf"sequence s: {seq / 's.npy'}: refusing to load (posix|os).mkdir"):
         convert(tmp_path / "src", tmp_path / "out", workers=1)
     assert not marker.exists()

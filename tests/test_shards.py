@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datamodules.shard_reader import SkipCounter, iter_shard
-from datamodules.shards import SCHEMA_VERSION, ShardFormatError, ShardWriter, decode_clip, encode_clip, expand_shards
+from datamodules.shards import SCHEMA_VERSION, CorruptSampleError, ShardFormatError, ShardWriter, decode_clip, encode_clip, expand_shards
 from datamodules.synthetic import generate_clip
 from tests.conftest import TINY
 
@@ -53,7 +53,7 @@ def test_pickled_member_is_rejected():
     buf = io.BytesIO()
     np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     sample["tracks.npy"] = buf.getvalue()
-    with pytest.raises(ShardFormatError, match="tracks.npy"):
+    with pytest.raises(CorruptSampleError, match="tracks.npy"):
         decode_clip(sample)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from configs.loader import load_config
+from configs.loader import ConfigError, load_config
 from datamodules.tracking import EvalClips
 from lightning_modules.point_tracking import to_metric_space
 from lightning_modules.tracker import TrackerModule
@@ -44,7 +44,7 @@ def test_freeze_by_prefix_excludes_parameters_from_the_optimiser(tmp_path):
     module = _module(tmp_path, "model.freeze=[fnet.]")
     frozen = [n for n, p in module.model.named_parameters() if not p.requires_grad]
     assert frozen and all(n.startswith("fnet.") for n in frozen)
-    with pytest.raises(ValueError, match="matches no parameter"):
+    with pytest.raises(ConfigError, match=r"model.freeze: prefix\(es\) \['fnett.'\] match no parameter of CoTrackerThree"):
         _module(tmp_path, "model.freeze=[fnett.]")
 
 

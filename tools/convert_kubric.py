@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
+import shutil
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -51,7 +54,7 @@ def load_sequence(seq: Path, coords: str = "raster") -> dict:
     frame_files = sorted((seq / "frames").glob("*.png"))
     if not frame_files:
         raise FileNotFoundError(f"{seq / 'frames'}: no PNG frames")
-    frames = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in frame_files])
+    frames = np.stack([_read_png(f) for f in frame_files])
     tracks = np.asarray(annotation["coords"], dtype=np.float32).transpose(1, 0, 2)
     if coords == "raster":
         tracks = tracks - 0.5
@@ -67,45 +70,66 @@ def load_sequence(seq: Path, coords: str = "raster") -> dict:
     return out
 
 
+class ConversionError(ValueError):
+    """A sequence that cannot be converted; the message names the sequence and the file."""
+
+
+def _read_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for damaged files
+        raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
+
+
 def _encode(args: tuple[Path, str, int]) -> dict:
     seq, coords, quality = args
-    data = load_sequence(seq, coords)
-    depth = data.get("depth")
-    return encode_clip(seq.name.replace(".", "_"), data["frames"], data["tracks"], data["visible"], fps=24.0,
-                       source="kubric_movi_f", depth=depth, depth_valid=None if depth is None else depth > 0,
-                       jpeg_quality=quality)
+    try:
+        data = load_sequence(seq, coords)
+        depth = data.get("depth")
+        return encode_clip(seq.name.replace(".", "_"), data["frames"], data["tracks"], data["visible"], fps=24.0,
+                           source="kubric_movi_f", depth=depth, depth_valid=None if depth is None else depth > 0,
+                           jpeg_quality=quality)
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as err:  # UnsafePickleError included
+        # One plain message: it crosses the process pool without the worker's traceback.
+        raise ConversionError(f"sequence {seq.name}: {err.args[0] if isinstance(err, KeyError) else err}") from None
 
 
 def convert(root: Path, out: Path, val_count: int = 30, workers: int = 4, coords: str = "raster",
             clips_per_shard: int = 100, jpeg_quality: int = 95) -> dict[str, int]:
+    """Write `out/val` and `out/train`; all or nothing: a failure leaves no shard behind.
+
+    Shards are written into a staging folder inside `out` and moved into place once every sequence
+    converted; `out/train` / `out/val` must not exist yet (no mixing with an earlier conversion).
+    """
     seqs = find_sequences(root)
     splits = {"val": seqs[:val_count], "train": seqs[val_count:]}
-    counts = {}
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
+    existing = [str(out / split) for split, split_seqs in splits.items() if split_seqs and (out / split).exists()]
+    if existing:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); remove it or choose another output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=out))
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        counts = {}
         for split, split_seqs in splits.items():
             if not split_seqs:
                 continue
-            with ShardWriter(out / split, prefix=split, max_count=clips_per_shard) as writer:
-                for sample in pool.map(_encode, [(s, coords, jpeg_quality) for s in split_seqs]):
+            jobs = [(s, coords, jpeg_quality) for s in split_seqs]
+            with ShardWriter(staging / split, prefix=split, max_count=clips_per_shard) as writer:
+                for sample in (pool.map(_encode, jobs) if pool else map(_encode, jobs)):
                     writer.write_sample(sample)
                 counts[split] = writer.count
-    return counts
+        for split in counts:
+            (staging / split).rename(out / split)
+        return counts
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # after a failure: do not convert the rest
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-class _Serial:
-    """In-process stand-in for a pool (workers=1 keeps tracebacks simple)."""
-
-    def map(self, fn, items):  # noqa: ANN001, ANN201
-        return map(fn, items)
-
-    def __enter__(self) -> _Serial:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, help="folder holding one sub-folder per sequence")
     parser.add_argument("out", type=Path, help="output folder (train/ and val/ shards)")
@@ -116,10 +140,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jpeg-quality", type=int, default=90)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    counts = convert(args.root, args.out, args.val_count, args.workers, args.coords, args.clips_per_shard,
-                     args.jpeg_quality)
+    try:
+        counts = convert(args.root, args.out, args.val_count, args.workers, args.coords, args.clips_per_shard,
+                         args.jpeg_quality)
+    except (ConversionError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}; nothing was written", file=sys.stderr)
+        return 2
     print(f"wrote {counts} clips under {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.clip_sampling import clip_id  # noqa: E402
-from datamodules.shard_reader import SkipCounter, iter_shard  # noqa: E402
-from datamodules.shards import ShardWriter, decode_clip, encode_clip, expand_shards  # noqa: E402
+from datamodules.shard_reader import SkipCounter, iter_clips  # noqa: E402
+from datamodules.shards import CorruptSampleError, ShardWriter, encode_clip, expand_shards  # noqa: E402
 from models.cotracker3 import CoTrackerThreeConfig  # noqa: E402
 from models.video_depth import TrackPreprocessor, build_tracker_predictor  # noqa: E402
 
@@ -55,13 +55,18 @@ class ClipSource(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         skips = SkipCounter()
         for url in self.urls[self.rank :: self.world_size][worker::workers]:
-            for raw in iter_shard(url, skips):
-                clip = decode_clip(raw)
-                yield {"key": clip.key, "frames": clip.decode_frames(), "jpeg_frames": clip.jpeg_frames,
+            for clip in iter_clips(url, skips):
+                try:
+                    frames = clip.decode_frames()
+                except CorruptSampleError as err:
+                    skips.corrupt += 1
+                    log.warning("skipping corrupt sample: %s", err)
+                    continue
+                yield {"key": clip.key, "frames": frames, "jpeg_frames": clip.jpeg_frames,
                        "meta": clip.meta, "depth": clip.depth, "depth_valid": clip.depth_valid,
                        "intrinsics": clip.intrinsics, "cam_to_world": clip.cam_to_world, "pose_valid": clip.pose_valid}
         if skips.corrupt:
-            log.warning("rank %d worker %d: %d corrupt shard(s) skipped", self.rank, worker, skips.corrupt)
+            log.warning("rank %d worker %d: %d damaged sample(s) skipped", self.rank, worker, skips.corrupt)
 
 
 def _as_is(sample: dict[str, Any]) -> dict[str, Any]:

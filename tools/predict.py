@@ -107,6 +107,31 @@ def read_queries(args: argparse.Namespace) -> np.ndarray | None:
     return None
 
 
+def check_grid(args: argparse.Namespace) -> None:
+    """A grid denser than the pixels of the smallest input video is refused before any weights load."""
+    if not getattr(args, "grid", None):
+        return
+    if args.grid < 1:
+        raise ValueError(f"--grid {args.grid}: must be at least 1")
+    for video in args.video:
+        info = VideoReader(video).info
+        if args.grid > min(info.height, info.width):
+            raise ValueError(f"--grid {args.grid}: {args.grid}x{args.grid} points are denser than the pixels of "
+                             f"{video} ({info.width}x{info.height}); use --grid {min(info.height, info.width)} or less")
+
+
+def check_tracker_memory(args: argparse.Namespace, tracker: object, queries: np.ndarray | None) -> None:
+    """For a CoTracker3: the points (grid or queries, plus the hidden support grid) must fit in memory."""
+    from lightning_modules.predict_video import check_point_budget, pick_device
+    from models.cotracker3_predictor import CoTrackerThreePredictor
+
+    if not isinstance(tracker, CoTrackerThreePredictor):
+        return
+    points = (args.grid ** 2 if queries is None else len(queries)) + tracker.support_grid_size ** 2
+    what = f"--grid {args.grid}" if queries is None else "the queries"
+    check_point_budget(points, tracker.model.inference_bytes_per_point(), pick_device(args.device), what)
+
+
 def run_track(args: argparse.Namespace) -> list[dict[str, Path]]:
     from lightning_modules.predict_video import TRACK_FAMILIES, load_module, official_tracker, track_video
     from lightning_modules.tracker import TrackerModule
@@ -120,6 +145,7 @@ def run_track(args: argparse.Namespace) -> list[dict[str, Path]]:
             tracker.support_grid_size = args.support_grid
     else:
         tracker = official_tracker(args.weights, args.variant, args.arch, args.iters, args.support_grid)
+    check_tracker_memory(args, tracker, queries)
     return [track_video(video, args.out, tracker, queries=queries, grid_size=args.grid or 0, grid_frame=args.grid_frame,
                         backward_tracking=not args.no_backward, device=args.device, overlay=not args.no_overlay)
             for video in args.video]
@@ -174,13 +200,24 @@ def run_colorize(args: argparse.Namespace) -> list[dict[str, Path]]:
             for video in args.video]
 
 
+def check_output_dir(out: str) -> None:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory; give a folder for the outputs")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run = {"track": run_track, "depth": run_depth, "colorize": run_colorize}[args.command]
+    from lightning_modules.predict_video import pick_device
+
     try:
-        for video in args.video:  # fail on an unreadable input before loading any weights
+        check_output_dir(args.out)  # fail on these before loading any weights
+        pick_device(args.device)
+        for video in args.video:
             VideoReader(video)
+        check_grid(args)
         results = run(args)
     except (ValueError, FileNotFoundError, CheckpointMismatchError) as err:
         # VideoReadError, QueryError and PredictError are ValueErrors whose message names the input
