@@ -258,12 +258,15 @@ class Chrono(nn.Module):
 
     def track_chunk(self, feats: Tensor, query_feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Features (B, T, g, g, C), query features (B, n, C) -> grid xy (B, n, T, 2), occ and expd (B, n, T)."""
-        corr = torch.einsum("bnc,bthwc->bnthw", query_feats, feats)
-        b, n, t, gh, gw = corr.shape
-        probs = F.softmax(corr.reshape(b, n, t, gh * gw) * self.config.softmax_temperature, dim=-1)
-        grid_xy = local_soft_argmax(probs.reshape(b, n, t, gh, gw), self.config.soft_argmax_radius)
-        stats = torch.stack([corr.mean((-2, -1)), corr.amax((-2, -1)), corr.amin((-2, -1))], dim=-1)
-        logits = self.occ_linear(stats.detach())
+        # Float32 even under autocast: bf16 rounds the correlation of unit features to steps of 2^-8,
+        # i.e. 0.08 logit steps at temperature 20 and ties that move the argmax by whole cells.
+        with torch.autocast(feats.device.type, enabled=False):
+            corr = torch.einsum("bnc,bthwc->bnthw", query_feats.float(), feats.float())
+            b, n, t, gh, gw = corr.shape
+            probs = F.softmax(corr.reshape(b, n, t, gh * gw) * self.config.softmax_temperature, dim=-1)
+            grid_xy = local_soft_argmax(probs.reshape(b, n, t, gh, gw), self.config.soft_argmax_radius)
+            stats = torch.stack([corr.mean((-2, -1)), corr.amax((-2, -1)), corr.amin((-2, -1))], dim=-1)
+            logits = self.occ_linear(stats.detach())
         return grid_xy, logits[..., 0], logits[..., 1]
 
     def forward(self, video: Tensor, queries: Tensor) -> ChronoOutput:

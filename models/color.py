@@ -23,16 +23,20 @@ def _check_channels(x: Tensor, what: str) -> None:
 
 
 def rgb_to_lab(rgb: Tensor) -> Tensor:
-    """(..., 3, H, W) RGB 0..255 -> (..., 3, H, W) Lab (L 0..100); float32 at least."""
+    """(..., 3, H, W) RGB 0..255 -> (..., 3, H, W) Lab (L 0..100), float32 at least (also under autocast)."""
     _check_channels(rgb, "rgb")
-    x = rgb.float() if not rgb.is_floating_point() else rgb
-    return kornia.color.rgb_to_lab(x / 255.0)
+    # Never in bf16 under autocast: its colour matrices would put L off by ~0.6 and ab by
+    # ~2.5 Lab units (measured on random colours).
+    with torch.autocast(rgb.device.type, enabled=False):
+        return kornia.color.rgb_to_lab(rgb.to(torch.promote_types(rgb.dtype, torch.float32)) / 255.0)
 
 
 def lab_to_rgb(lab: Tensor) -> Tensor:
-    """(..., 3, H, W) Lab -> (..., 3, H, W) RGB 0..255, clipped to the sRGB gamut."""
+    """(..., 3, H, W) Lab -> (..., 3, H, W) RGB 0..255, clipped to the sRGB gamut, float32 at least
+    (also under autocast)."""
     _check_channels(lab, "lab")
-    return kornia.color.lab_to_rgb(lab, clip=True) * 255.0
+    with torch.autocast(lab.device.type, enabled=False):
+        return kornia.color.lab_to_rgb(lab.to(torch.promote_types(lab.dtype, torch.float32)), clip=True) * 255.0
 
 
 def luminance(rgb: Tensor) -> Tensor:

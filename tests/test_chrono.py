@@ -264,3 +264,18 @@ def test_train_py_runs_the_tiny_chrono_experiment_with_validation(tmp_path) -> N
     assert "val/aj" in metrics and "val/zero_motion_aj" in metrics and "train/loss" in metrics
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert list((tmp_path / "run" / "media").glob("tracks_step*.mp4"))
+
+
+def test_correlation_and_soft_argmax_stay_float32_under_bf16_autocast() -> None:
+    """bf16 would round the correlation to 2^-8 steps: ties that moved the argmax by whole cells."""
+    model = tiny_chrono().eval()
+    g = torch.Generator().manual_seed(1)
+    feats = torch.nn.functional.normalize(torch.randn(1, 3, 8, 8, 16, generator=g), dim=-1)
+    query_feats = torch.nn.functional.normalize(torch.randn(1, 5, 16, generator=g), dim=-1)
+    with torch.no_grad():
+        reference = model.track_chunk(feats, query_feats)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = model.track_chunk(feats, query_feats)
+    for ref, out in zip(reference, under_autocast, strict=True):
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, ref)

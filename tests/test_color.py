@@ -58,3 +58,14 @@ def test_out_of_gamut_lab_is_clipped_and_bad_shapes_are_refused():
         rgb_to_lab(torch.zeros(2, 4, 4))
     with pytest.raises(ValueError, match="same size"):
         l_ab_to_rgb(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 5))
+
+
+def test_conversions_stay_float32_under_bf16_autocast():
+    """In bf16 the colour matrices would put L off by ~0.6 and ab by ~2.5 Lab units."""
+    rgb = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lab = rgb_to_lab(rgb)
+        back = lab_to_rgb(lab)
+    assert lab.dtype == back.dtype == torch.float32
+    torch.testing.assert_close(lab, rgb_to_lab(rgb))
+    torch.testing.assert_close(back, lab_to_rgb(rgb_to_lab(rgb)))
