@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -221,13 +222,20 @@ def build_plugins(cfg: DictConfig) -> list[object]:
     return plugins
 
 
+def resolve_max_time(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value):
+        raise ConfigError(f"trainer.max_time={value!r}: expected DD:HH:MM:SS, e.g. 00:04:00:00 for four hours")
+    return value
+
+
 def build_trainer(cfg: DictConfig, module: L.LightningModule) -> L.Trainer:
     t = cfg.trainer
     devices, num_nodes = resolve_layout(cfg)
     return L.Trainer(
         accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
         strategy=resolve_strategy(cfg, devices, num_nodes), plugins=build_plugins(cfg),
-        precision=resolve_precision(t.precision), max_steps=t.max_steps, val_check_interval=t.val_check_interval,
+        precision=resolve_precision(t.precision), max_steps=t.max_steps, max_time=resolve_max_time(t.max_time),
+        val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=t.num_sanity_val_steps,

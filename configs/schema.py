@@ -36,6 +36,9 @@ class TrainerConfig:
     slurm_auto_requeue: bool = True  # under srun: on SIGUSR1 Lightning checkpoints and requeues the job
     precision: str = "auto"  # "auto" -> bf16-mixed on GPUs that support it, else 32-true
     max_steps: int = 2000
+    # Stop training after this much wall time, "DD:HH:MM:SS" (Lightning's max_time: validation runs at
+    # the stop, and a resumed run continues the clock saved in its checkpoint); None: no limit.
+    max_time: Optional[str] = None
     val_check_interval: int = 250  # training batches between validations
     limit_val_batches: Optional[float] = None
     gradient_clip_val: Optional[float] = 1.0
