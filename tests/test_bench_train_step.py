@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -52,5 +53,32 @@ def test_bench_reports_positive_speeds_and_finite_ratios(tmp_path, capsys):
         assert r["steps_per_s"] > 0, r
         assert math.isfinite(r["speed_ratio"]) and math.isfinite(r["memory_ratio"]), r
     assert rows[0]["speed_ratio"] == 1.0
+    assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"] > 0  # autocast changes no FLOP count
+    assert rows[0]["peak_tflops"] is None and "mfu" not in rows[0]  # CPUs have no peak rate
     table = capsys.readouterr().out
     assert "| taptrv2 | fp32 |" in table and "| taptrv2 | bf16 |" in table
+
+
+def test_compiled_rows_take_the_flops_of_their_family_and_get_an_mfu():
+    rows = [{"family": "chrono", "variant": "fp32", "steps_per_s": 2.0, "peak_mib": 100.0,
+             "flops_per_step": 3e12, "peak_tflops": 500.0},
+            {"family": "chrono", "variant": "bf16_compile", "steps_per_s": 5.0, "peak_mib": 50.0,
+             "flops_per_step": None, "peak_tflops": 1000.0},
+            {"family": "chrono", "variant": "compile", "failed": "timed out after 90 s"}]
+    bench_train_step.add_ratios(rows)
+    assert rows[0]["tflops_per_s"] == pytest.approx(6.0) and rows[0]["mfu"] == pytest.approx(6.0 / 500)
+    assert rows[1]["tflops_per_s"] == pytest.approx(15.0) and rows[1]["mfu"] == pytest.approx(15.0 / 1000)
+    assert rows[1]["speed_ratio"] == pytest.approx(2.5) and rows[1]["memory_ratio"] == pytest.approx(0.5)
+    table = bench_train_step.markdown_table(rows)
+    assert "| chrono | bf16_compile | 5.000 | 2.50 | 50.0 | 0.50 | 15.0 | 1.5% | |" in table
+    assert "| chrono | compile | | | | | | | failed: timed out after 90 s |" in table
+
+
+def test_a_spent_budget_skips_cases_and_the_json_keeps_every_row(tmp_path):
+    out = tmp_path / "rows.json"
+    rows = bench_train_step.main(["--families", "chrono", "taptrv2", "--variants", "bf16", "--budget-s", "0",
+                                  "--device", "cpu", "--json", str(out)])
+    assert [(r["family"], r["variant"]) for r in rows] == [("chrono", "fp32"), ("chrono", "bf16"),
+                                                           ("taptrv2", "fp32"), ("taptrv2", "bf16")]
+    assert all(r["skipped"] == "time budget spent" for r in rows)
+    assert json.loads(out.read_text())["rows"] == rows
