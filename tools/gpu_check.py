@@ -77,7 +77,7 @@ GPU = Sizes(
     # float32 (TF32 matmuls) as the published TAPTRv2 recipe; 1000-step checkpoints are enough here.
     demo=["model.arch.model_resolution=[256,256]", "trainer.precision=32-true", "trainer.val_check_interval=500",
           "data.num_workers=4", "checkpoint.every_n_steps=1000"],
-    demo_overhead_s=75.0,
+    demo_overhead_s=90.0,  # imports, its 416 synthetic clips (0.1-0.2 s each on a CPU core), last validation
     demo_max_train_s=None,
     latency=["--size", "518", "--frames", "16", "--tracks", "576", "--encoders", "vits", "vitb"],
     latency_fallback=["--repeats", "3", "--queries", "64"],
@@ -114,7 +114,7 @@ class Recorder:
     def __init__(self, out: Path, header: dict[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.json_path, self.log_path = out / "gpu_check.json", out / "gpu_check.log"
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entered by the SIGTERM handler, which runs in the main thread
         self.log_file = self.log_path.open("w", buffering=1)
         self.data: dict[str, Any] = {**header, "parts": {p: {"status": "pending"} for p in PARTS}}
         self.children: set[subprocess.Popen] = set()
@@ -318,9 +318,10 @@ def tracktention_latency(ctx: Context, timeout: float) -> dict[str, Any]:
     cmd = ctx.python("tools/bench_video_depth.py", "--device", ctx.sizes.device, "--dtype", "bf16", "--quick",
                      *ctx.sizes.latency)
     done = run_logged(ctx.rec, "tracktention_latency", cmd, timeout, ctx.env)
+    found = {"command": cmd, "tables": markdown_tables(done.text)}  # a stopped run keeps its finished rows
     if done.returncode == 0:
-        return {"status": "ok", "command": cmd, "tables": markdown_tables(done.text), "output_tail": done.tail()}
-    result = failure(done, "bench_video_depth.py")
+        return {"status": "ok", **found, "output_tail": done.tail()}
+    result = {**failure(done, "bench_video_depth.py"), **found}
     if done.returncode == 2 and "unrecognized arguments" in done.text:
         result["reason"] = ("tools/bench_video_depth.py does not take --device/--dtype/--quick yet (issue 18's "
                             "rewrite is not merged)")
@@ -394,8 +395,9 @@ def environment(cuda: bool) -> dict[str, Any]:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True)
         env["driver"] = smi.stdout.strip() or None
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    env["commit"] = git.stdout.strip() if git.returncode == 0 else None
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True) \
+        if shutil.which("git") else None
+    env["commit"] = git.stdout.strip() if git is not None and git.returncode == 0 else None
     return env
 
 
