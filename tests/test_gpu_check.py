@@ -113,3 +113,13 @@ def test_verbose_pytest_lines_give_the_outcomes_of_a_stopped_run():
     assert gpu_check.verbose_results(lines) == [
         {"test": "tests/test_gpu.py::test_two_bf16_training_steps_on_cuda[chrono]", "outcome": "passed"},
         {"test": "tests/test_gpu.py::test_attention_runs_on_fused_kernels_on_cuda[taptrv2]", "outcome": "failed"}]
+
+
+def test_parts_and_shares_are_parsed_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    args = gpu_check.parse_args(["--out", "x", "--parts", "gpu_tests", "taptrv2_demo", "--share", "taptrv2_demo=0.6"])
+    assert args.parts == ["gpu_tests", "taptrv2_demo"] and args.share == {"taptrv2_demo": 0.6}
+    for bad, named in ((["--share", "demo=0.5"], "unknown part"), (["--share", "taptrv2_demo=lots"], "PART=FRACTION"),
+                       (["--parts", "everything"], "--parts")):
+        with pytest.raises(SystemExit):
+            gpu_check.parse_args(["--out", "x", *bad])
+        assert named in capsys.readouterr().err

@@ -257,6 +257,7 @@ class Context:
     work: Path
     env: dict[str, str]
     cuda: bool
+    parts: set[str]  # the parts selected to run
 
     def python(self, *args: str) -> list[str]:
         return [sys.executable, *args]
@@ -403,6 +404,9 @@ def environment(cuda: bool) -> dict[str, Any]:
 
 def run_part(ctx: Context, name: str, fn: Callable[[Context, float], dict[str, Any]], limit: float,
              deadline: float) -> None:
+    if name not in ctx.parts:
+        ctx.rec.set(name, {"status": "skipped", "reason": "not selected (--parts)"})
+        return
     timeout = min(limit, deadline - time.monotonic())
     if timeout < MIN_PART_S:
         ctx.rec.set(name, {"status": "skipped", "reason": f"time budget spent ({max(timeout, 0):.0f} s left)"})
@@ -432,7 +436,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=480.0, help="time for all parts together")
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU: checks the script itself")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch files (default: a temporary folder)")
-    return parser.parse_args(argv)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="run only these parts (a second lease re-runs what the first could not finish)")
+    parser.add_argument("--share", action="append", default=[], metavar="PART=FRACTION",
+                        help="fraction of the budget a part may use (train_step_bench takes what is left)")
+    args = parser.parse_args(argv)
+    try:
+        args.share = {k: float(v) for k, v in (s.split("=", 1) for s in args.share)}
+    except ValueError:
+        parser.error(f"--share takes PART=FRACTION, got {args.share}")
+    if set(args.share) - set(PARTS):
+        parser.error(f"--share: unknown part(s) {sorted(set(args.share) - set(PARTS))}; parts are {PARTS}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -467,8 +482,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
-    ctx = Context(rec, sizes, work, env, cuda)
-    budget, shares = args.budget_s, sizes.shares
+    ctx = Context(rec, sizes, work, env, cuda, set(args.parts))
+    budget, shares = args.budget_s, {**sizes.shares, **args.share}
     demo = threading.Thread(target=run_part, args=(ctx, "taptrv2_demo", taptrv2_demo,
                                                     shares["taptrv2_demo"] * budget, deadline), daemon=True)
     demo.start()
