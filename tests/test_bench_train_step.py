@@ -82,3 +82,14 @@ def test_a_spent_budget_skips_cases_and_the_json_keeps_every_row(tmp_path):
                                                            ("taptrv2", "fp32"), ("taptrv2", "bf16")]
     assert all(r["skipped"] == "time budget spent" for r in rows)
     assert json.loads(out.read_text())["rows"] == rows
+
+
+@pytest.mark.slow
+def test_published_tracker_configs_get_a_full_batch_of_queries(tmp_path):
+    """The synthetic clips are sized so that the published query count finds eligible tracks (a clip of
+    exactly num_queries tracks never does: some are hidden at the first and middle frames)."""
+    cfg = bench_train_step.load_bench_config(
+        bench_train_step.family_overrides("chrono", "published", str(tmp_path / "cache"), []))
+    batch = bench_train_step.training_batch(cfg)
+    assert batch["queries"].shape == (cfg.data.batch_size, cfg.data.num_queries, 3)
+    assert batch["video"].shape[1] == cfg.data.clip_len

@@ -113,7 +113,9 @@ def load_bench_config(overrides: list[str]) -> Any:
     points = d.get("num_queries", d.get("num_tracks", 0))
     sized = [f"data.synthetic.num_train_clips={d.batch_size}",
              f"data.synthetic.num_frames={max(d.clip_len, d.synthetic.num_frames)}",
-             f"data.synthetic.num_tracks={max(points, d.synthetic.num_tracks)}"]
+             # Twice the points: a query must be visible at the clip's first or middle frame, and the
+             # synthetic scenes hide about a third of their points there (occluders, leaving the view).
+             f"data.synthetic.num_tracks={max(2 * points, d.synthetic.num_tracks)}"]
     if d.crop_hw is not None:
         sized += [f"data.synthetic.height={d.crop_hw[0]}", f"data.synthetic.width={d.crop_hw[1]}"]
     return load_config(sized + overrides)[1]  # the caller's overrides still win
