@@ -93,3 +93,14 @@ def test_published_tracker_configs_get_a_full_batch_of_queries(tmp_path):
     batch = bench_train_step.training_batch(cfg)
     assert batch["queries"].shape == (cfg.data.batch_size, cfg.data.num_queries, 3)
     assert batch["video"].shape[1] == cfg.data.clip_len
+
+
+@pytest.mark.parametrize("family_major", [False, True])
+def test_cases_run_variant_by_variant_or_family_by_family(family_major, capsys):
+    bench_train_step.main(["--families", "chrono", "taptrv2", "--variants", "bf16", "--budget-s", "0",
+                           "--device", "cpu", *(["--family-major"] if family_major else [])])
+    ran = [(r["family"], r["variant"]) for r in map(json.loads, capsys.readouterr().err.splitlines())]
+    if family_major:
+        assert ran == [("chrono", "fp32"), ("chrono", "bf16"), ("taptrv2", "fp32"), ("taptrv2", "bf16")]
+    else:
+        assert ran == [("chrono", "fp32"), ("taptrv2", "fp32"), ("chrono", "bf16"), ("taptrv2", "bf16")]

@@ -293,6 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no case after this many seconds; the rest are reported as skipped")
     parser.add_argument("--case-timeout-s", type=float, default=None, help="stop a case that runs longer")
+    parser.add_argument("--family-major", action="store_true",
+                        help="run each family's variants together (default: each variant over all families)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -318,18 +320,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     order = {(f, v): i for i, (f, v) in enumerate((f, v) for f in args.families for v in args.variants)}
     deadline = time.monotonic() + args.budget_s if args.budget_s is not None else math.inf
     rows = []
-    for variant in args.variants:  # every family's baseline first: a budget cuts the optional variants
-        for family in args.families:
-            left = deadline - time.monotonic()
-            if left < MIN_CASE_S:
-                result = {"skipped": "time budget spent"}
-            else:
-                timeout = min(args.case_timeout_s or math.inf, left)
-                result = run_in_subprocess(family, variant, args, None if math.isinf(timeout) else timeout)
-            rows.append({"family": family, "variant": variant, **result})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run keeps finished rows
-            if args.json:
-                write_json(args.json, name, args, rows)
+    # Default: every family's baseline first, so a budget cuts the optional variants. --family-major: one
+    # family's variants after another, so a budget leaves complete ratios for the families it reached.
+    cases = ([(f, v) for f in args.families for v in args.variants] if args.family_major
+             else [(f, v) for v in args.variants for f in args.families])
+    for family, variant in cases:
+        left = deadline - time.monotonic()
+        if left < MIN_CASE_S:
+            result = {"skipped": "time budget spent"}
+        else:
+            timeout = min(args.case_timeout_s or math.inf, left)
+            result = run_in_subprocess(family, variant, args, None if math.isinf(timeout) else timeout)
+        rows.append({"family": family, "variant": variant, **result})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run keeps finished rows
+        if args.json:
+            write_json(args.json, name, args, rows)
     rows.sort(key=lambda r: order[(r["family"], r["variant"])])
     add_ratios(rows)
     print(markdown_table(rows), flush=True)
