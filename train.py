@@ -291,6 +291,11 @@ def print_results(results: list[dict[str, float]], title: str) -> None:
             print(f"  {key:<{width}}  {value:8.4f}")
 
 
+@rank_zero_only
+def print_table(table: str | None) -> None:
+    print(f"\n{table}" if table else "\n(no evaluation table: nothing was evaluated)")
+
+
 def place_sweep_run(cfg: DictConfig) -> None:
     """Under a W&B sweep agent each run gets its own directory (the agent's run id), the same on every rank."""
     sweep, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
@@ -324,8 +329,12 @@ def run(argv: list[str]) -> object:
         log.info("predictions written to %s", out_dir)
         return out_dir
     evaluate = trainer.validate if command == "validate" else trainer.test
-    results = evaluate(module, datamodule=datamodule, ckpt_path=cfg.ckpt)
-    print_results(results, f"{command} results ({cfg.name})")
+    own_table = getattr(module, "results_table", None)  # an evaluation with one table of its own (depth benchmarks)
+    results = evaluate(module, datamodule=datamodule, ckpt_path=cfg.ckpt, verbose=own_table is None)
+    if own_table is not None:
+        print_table(own_table())
+    else:
+        print_results(results, f"{command} results ({cfg.name})")
     return results
 
 

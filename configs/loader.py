@@ -110,8 +110,11 @@ def load_config(argv: list[str], config_dir: Path = CONFIG_DIR) -> tuple[str, Di
     load_families()
     load_datamodules()
     command, overrides = _split_argv(argv)
-    cli = OmegaConf.from_dotlist(overrides)
-    chosen_groups = {g: str(cli.pop(g)) for g in GROUPS if g in cli and not isinstance(cli[g], DictConfig)}
+    # Group choices (`model=NAME`) are taken out before the dotlist is parsed: parsed together with
+    # `model.key=value`, one of the two would silently replace the other.
+    picks = [a for a in overrides if a.partition("=")[0] in GROUPS and not a.partition("=")[2].startswith("{")]
+    chosen_groups = {a.partition("=")[0]: a.partition("=")[2] for a in picks}
+    cli = OmegaConf.from_dotlist([a for a in overrides if a not in picks])
     experiment = cli.pop("experiment", None)
 
     base = _read_yaml(config_dir / "train.yaml")

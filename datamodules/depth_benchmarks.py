@@ -15,6 +15,10 @@ Bonn by timestamp). Crops are (row_start, row_stop, col_start, col_stop) slice b
 only; ``even_crop`` drops a last odd row / column (DepthCrafter's KITTI and Bonn). Valid ground
 truth is ``min_depth < gt < max_depth`` (metres).
 
+The model sees the frames cropped like the ground truth (the reference extractors write cropped RGB:
+ScanNet's border, NYUv2's Eigen crop, KITTI's and Bonn's even sizes), except in VDA's TAE, which
+predicts on the uncropped frames and crops the prediction (``crop_input``).
+
 Where the references are defective we do it right and say so: TAE takes the first 20 scenes of
 the SORTED list (the reference takes them in unsorted ``glob`` order, which depends on the file
 system); Sintel depth is the float ``.dpt`` (VDA quantises it to whole metres); TAE intrinsics
@@ -39,6 +43,9 @@ class BenchmarkSet:
     even_crop: bool = False  # drop a last odd row / column
     min_depth: float = 1e-3
     single_frames: bool = False  # every selected frame is its own clip (NYUv2)
+    # The reference extractors crop the RGB like the ground truth, so the model sees the cropped
+    # frames; VDA's TAE instead predicts on the uncropped frames and crops the prediction.
+    crop_input: bool = True
     note: str = ""
 
     def select(self, num_frames: int) -> list[int]:
@@ -116,7 +123,7 @@ BENCHMARKS: dict[str, dict[str, BenchmarkSet]] = {
     # VDA temporal alignment error: 20 ScanNet scenes (first 20 SORTED), frames 10..179, poses and intrinsics.
     "tae": {
         "scannet": BenchmarkSet("scannet", "all", SCANNET_TEST_SCENES[:20], (10, 180, None), 10.0, SCANNET_CROP,
-                                note="every frame 10..179; intrinsics need the crop offset (11, 8) px"),
+                                crop_input=False, note="every frame 10..179; intrinsics need the crop offset (11, 8) px"),
     },
 }
 

@@ -68,15 +68,19 @@ class TrainClipStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        urls = self.worker_shards(worker_id, num_workers)
         # torch's RNG is seeded per epoch and per worker by the DataLoader (and by seed_everything).
         rng = np.random.default_rng([int(torch.randint(0, 2**62, (1,))), self.rank, worker_id, self.start_step])
         share = self.cfg.batches_per_epoch // num_workers + (worker_id < self.cfg.batches_per_epoch % num_workers)
         skips = SkipCounter()
-        samples = self._samples(urls, rng, skips)
+        samples = self.worker_samples(worker_id, num_workers, rng, skips)
         for _ in range(share):
             batch = [next(samples) for _ in range(self.cfg.batch_size)]
             yield _collate(batch, skips.take())
+
+    def worker_samples(self, worker_id: int, num_workers: int, rng: np.random.Generator,
+                       skips: SkipCounter) -> Iterator[dict[str, torch.Tensor]]:
+        """This reader's endless sample stream (a dataset mix draws from several, datamodules/dataset_mix.py)."""
+        return self._samples(self.worker_shards(worker_id, num_workers), rng, skips)
 
     def _clips(self, urls: list[str], rng: np.random.Generator, skips: SkipCounter) -> Iterator[Clip]:
         while True:
@@ -166,7 +170,7 @@ class EvalClips(Dataset):
         return cut_eval_sample(clip, self.clip_len, self.num_queries, seed=index)
 
 
-def _expand_shard_key(key: str, pattern: str) -> list[str]:
+def expand_shard_key(key: str, pattern: str) -> list[str]:
     try:
         return expand_shards(pattern)
     except FileNotFoundError:
@@ -197,8 +201,8 @@ class TrackingDataModule(L.LightningDataModule):
         if train is None and stage == "fit":
             raise ConfigError("data.val_shards is set but data.train_shards is not: set data.train_shards too "
                               "(only validate / test / predict run on data.val_shards alone)")
-        self.train_urls = _expand_shard_key("data.train_shards", train) if train is not None else []
-        self.val_urls = _expand_shard_key("data.val_shards" if self.cfg.val_shards else "data.train_shards", val)
+        self.train_urls = expand_shard_key("data.train_shards", train) if train is not None else []
+        self.val_urls = expand_shard_key("data.val_shards" if self.cfg.val_shards else "data.train_shards", val)
 
     def _rank_world_step(self) -> tuple[int, int, int]:
         trainer = self.trainer  # a resumed run has restored its global step when it asks for the loader
@@ -217,8 +221,8 @@ class TrackingDataModule(L.LightningDataModule):
         return stop_signal_safe_loader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
                                        prefetch_factor=2 if workers else None)
 
-    def _eval_loader(self) -> DataLoader:
-        dataset = self.make_eval_dataset()
+    def _eval_loader(self, dataset: Dataset | None = None) -> DataLoader:
+        dataset = self.make_eval_dataset() if dataset is None else dataset
         return stop_signal_safe_loader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
                                        num_workers=min(self.cfg.num_workers, len(dataset)))
 

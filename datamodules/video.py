@@ -18,6 +18,10 @@ Camera keys (from ``camera.npz``; the convention is in ``datamodules/shards.py``
 augmentation moves them with the frames), and ``cam_to_world`` (B, T, 4, 4) with ``pose_valid``
 (B, T) bool with ``require_poses``. A clip without them is an error naming it, so every batch has
 the same keys.
+
+A mix of datasets: ``train_sets`` (each clip drawn from a set with probability proportional to its
+weight) and ``val_sets`` (one validation dataloader and one metric prefix each), see
+``datamodules/dataset_mix.py``; the single-set keys ``train_shards`` / ``val_shards`` are unchanged.
 """
 
 from __future__ import annotations
@@ -30,11 +34,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from torch.utils.data import DataLoader
+
+from configs.loader import ConfigError
 from configs.schema import AugmentConfig, SyntheticDataConfig
 from datamodules.clip_sampling import TooFewTracks, clip_id
+from datamodules.dataset_mix import MixedStreamMixin, TrainSetConfig, ValSetConfig, check_sets
 from datamodules.registry import register_datamodule
 from datamodules.shards import Clip
-from datamodules.tracking import EvalClips, TrackingDataModule, TrainClipStream
+from datamodules.tracking import EvalClips, TrackingDataModule, TrainClipStream, expand_shard_key
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,11 @@ class VideoDataConfig:
     kind: str = "video"
     train_shards: Optional[str] = None  # None -> the embedded synthetic data (GT depth + GT tracks)
     val_shards: Optional[str] = None
+    # A mix of datasets instead of train_shards: each clip from set i with probability weight_i / sum.
+    train_sets: list[TrainSetConfig] = field(default_factory=list)
+    # One validation set each (instead of val_shards); default with train_sets: one per training set.
+    val_sets: list[ValSetConfig] = field(default_factory=list)
+    val_summary: str = "mean"  # val/<metric> over several val sets: "mean", or one set's name
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     clip_len: int = 16
     num_tracks: int = 576  # M tracks per clip given to the model
@@ -142,15 +155,74 @@ class VideoEvalClips(EvalClips):
                                 self.require_poses)
 
 
+class MixedVideoClipStream(MixedStreamMixin, VideoClipStream):
+    """Depth clips from several shard sets, each clip's set drawn by weight."""
+
+    def __init__(self, sets: list[tuple[str, list[str], float]], cfg: VideoDataConfig, rank: int, world_size: int,
+                 start_step: int = 0) -> None:
+        super().__init__([url for _, urls, _ in sets for url in urls], cfg, rank, world_size, start_step)
+        self.sets = sets
+
+
 class VideoDataModule(TrackingDataModule):
     """TrackingDataModule (shard resolution, DDP split, device augmentation) cutting depth clips."""
 
+    def __init__(self, cfg: VideoDataConfig, seed: int = 0) -> None:
+        super().__init__(cfg, seed)
+        if cfg.train_sets and cfg.train_shards is not None:
+            raise ConfigError("set data.train_shards or data.train_sets, not both")
+        if cfg.val_sets and cfg.val_shards is not None:
+            raise ConfigError("set data.val_shards or data.val_sets, not both")
+        check_sets(cfg.train_sets, cfg.val_sets, cfg.val_summary)
+        self.train_sets: list[tuple[str, list[str], float]] = []
+        self.val_sets: list[tuple[str, list[str]]] = []
+        # One validation dataloader per name (the module logs val/<name>/...); empty = one unnamed set.
+        self.val_set_names = [s.name for s in (cfg.val_sets or cfg.train_sets)]
+        self.val_summary = cfg.val_summary
+
+    def _resolve_shards(self) -> tuple[str | None, str]:
+        if self.cfg.train_sets or self.cfg.val_sets:
+            return None, ""  # every set names its own shards (no synthetic data to generate)
+        return super()._resolve_shards()
+
+    def setup(self, stage: str | None = None) -> None:
+        if not (self.cfg.train_sets or self.cfg.val_sets):
+            return super().setup(stage)
+        cfg = self.cfg
+        if stage == "fit" and not cfg.train_sets and cfg.train_shards is None:
+            raise ConfigError("data.val_sets is set but neither data.train_sets nor data.train_shards: set one "
+                              "(only validate / test / predict run on validation sets alone)")
+        if cfg.train_shards is not None:
+            self.train_urls = expand_shard_key("data.train_shards", cfg.train_shards)
+        self.train_sets = [(s.name, expand_shard_key(f"data.train_sets[{i}].shards", s.shards), float(s.weight))
+                           for i, s in enumerate(cfg.train_sets)]
+        if self.train_sets:
+            self.train_urls = [url for _, urls, _ in self.train_sets for url in urls]
+        named = [(f"data.val_sets[{i}].shards", s) for i, s in enumerate(cfg.val_sets)] or \
+            [(f"data.train_sets[{i}].shards", s) for i, s in enumerate(cfg.train_sets)]
+        self.val_sets = [(s.name, expand_shard_key(key, s.shards)) for key, s in named]
+        self.val_urls = [url for _, urls in self.val_sets for url in urls]  # predict reads them all
+
     def make_train_stream(self, rank: int, world: int, start_step: int) -> VideoClipStream:
+        if self.train_sets:
+            return MixedVideoClipStream(self.train_sets, self.cfg, rank, world, start_step)
         return VideoClipStream(self.train_urls, self.cfg, rank, world, start_step)
 
-    def make_eval_dataset(self) -> VideoEvalClips:
-        return VideoEvalClips(self.val_urls, self.cfg.val_clip_len or self.cfg.clip_len, self.cfg.num_tracks,
-                              self.cfg.require_depth, self.cfg.require_intrinsics, self.cfg.require_poses)
+    def make_eval_dataset(self, urls: list[str] | None = None) -> VideoEvalClips:
+        return VideoEvalClips(self.val_urls if urls is None else urls, self.cfg.val_clip_len or self.cfg.clip_len,
+                              self.cfg.num_tracks, self.cfg.require_depth, self.cfg.require_intrinsics,
+                              self.cfg.require_poses)
+
+    def _set_loaders(self) -> list[DataLoader] | DataLoader:
+        if not self.val_sets:
+            return self._eval_loader()
+        return [self._eval_loader(self.make_eval_dataset(urls)) for _, urls in self.val_sets]
+
+    def val_dataloader(self) -> list[DataLoader] | DataLoader:
+        return self._set_loaders()
+
+    def test_dataloader(self) -> list[DataLoader] | DataLoader:
+        return self._set_loaders()
 
 
 @register_datamodule("video", VideoDataConfig)

@@ -185,11 +185,11 @@ class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModu
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, batch: dict[str, torch.Tensor]) -> None:
+    def _evaluate(self, batch: dict[str, torch.Tensor], metric: ColorizationMetrics) -> None:
         lab, ab = self(batch)
         l = lab[:, :, :1]
         pred_rgb = l_ab_to_rgb(l, ab)
-        self.val_metrics.update(pred_rgb, batch["video"])
+        metric.update(pred_rgb, batch["video"])
         if self.media is None and self.global_rank == 0:
             self.media = {"grey": grey_rgb(l[0]).detach().cpu(), "pred": pred_rgb[0].detach().cpu(),
                           "gt": batch["video"][0].detach().cpu()}

@@ -37,7 +37,7 @@ from models.cotracker3_predictor import CoTrackerThreePredictor
 from models.cotracker3_stream_predictor import StreamingTrackPredictor
 from models.track_ops import points_on_grid
 from models.video_depth import TrackPreprocessor
-from models.video_windows import WindowStitcher
+from models.video_windows import stitched
 
 log = logging.getLogger(__name__)
 
@@ -254,15 +254,9 @@ def _stitched(windows: Iterator[tuple[Tensor, Tensor | None, Tensor | None]],
               run: Callable[[Tensor, Tensor | None, Tensor | None], Tensor], overlap: int, align: bool
               ) -> Iterator[Tensor]:
     """Run each window and yield the frames (t, ...) on the CPU as they become final."""
-    stitcher = WindowStitcher(overlap, align_scale_shift=align)
     with torch.no_grad():
-        for video, tracks, visible in windows:
-            done = stitcher.add(run(video, tracks, visible).float().cpu())
-            if len(done):
-                yield done
-    rest = stitcher.finish()
-    if rest is not None:
-        yield rest
+        yield from stitched((run(video, tracks, visible).float().cpu() for video, tracks, visible in windows),
+                            overlap, align_scale_shift=align)
 
 
 class DepthOutputs:

@@ -4,7 +4,9 @@ Loss: per-frame SSI + gradient matching + temporal gradient matching (``depth_lo
 disparity. Evaluation: per-video aligned AbsRel / delta1 and track-based temporal consistency
 (``metrics/depth.py``). Tracks come from the batch (ground truth or pre-extracted), or from a
 frozen CoTracker3 run on the fly when ``model.tracker.checkpoint`` is set (metrics still use the
-batch's tracks). Freezing: ``freeze`` prefixes start frozen; ``unfreeze`` stages make them
+batch's tracks). With ``data.kind=depth_benchmark`` validate / test run the published video depth
+protocol on whole videos instead (``lightning_modules/depth_benchmark_evaluation.py``) and
+``results_table()`` (only then) gives its table. Freezing: ``freeze`` prefixes start frozen; ``unfreeze`` stages make them
 trainable at given steps (``callbacks/unfreeze.py``).
 """
 
@@ -18,6 +20,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from configs.loader import ConfigError
+from datamodules.benchmark_videos import set_protocols
+from lightning_modules.depth_benchmark_evaluation import DepthBenchmarkRun, tracks_source
 from lightning_modules.depth_losses import DepthLossWeights, VideoDepthLoss, reciprocal_where_valid
 from lightning_modules.registry import register_family
 from lightning_modules.schedules import warmup_cosine
@@ -86,7 +91,12 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
 
         set_trainable(self.model, list(m.freeze), False)
         self.criterion = VideoDepthLoss(DepthLossWeights(**OmegaConf.to_container(m.loss)))
-        self.val_metrics = VideoDepthMetrics(cfg.data.max_depth)
+        self.benchmark: DepthBenchmarkRun | None = None
+        if cfg.data.kind == "depth_benchmark":
+            self.benchmark = DepthBenchmarkRun(set_protocols(cfg.data), cfg.data)
+            self.results_table = self.benchmark.results_table  # train.py prints it instead of its key list
+        else:
+            self.val_metrics = VideoDepthMetrics(cfg.data.max_depth)
         # Kept out of the module tree: the frozen tracker is not part of this model's checkpoints.
         self._tracker: list[TrackPreprocessor] = []
         if m.tracker.checkpoint:
@@ -137,11 +147,11 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, batch: dict[str, torch.Tensor]) -> None:
+    def _evaluate(self, batch: dict[str, torch.Tensor], metric: VideoDepthMetrics) -> None:
         pred = self(batch)
         _, depth, valid = depth_targets(batch)
-        self.val_metrics.update(pred, depth, valid, batch["tracks"], batch["visible"],
-                                batch.get("intrinsics"), batch.get("poses"))
+        metric.update(pred, depth, valid, batch["tracks"], batch["visible"], batch.get("intrinsics"),
+                      batch.get("poses"))
         if self.media is None and self.global_rank == 0:
             v = valid[0, :, 0] & (depth[0, :, 0] < self.cfg.data.max_depth)
             if v.any():
@@ -151,3 +161,40 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return {"disparity": self(batch).cpu(), "clip_id": batch["clip_id"].cpu()}
+
+    # ------------------------------------------------------------------ benchmark (data.kind=depth_benchmark)
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.benchmark is None:
+            return super().validation_step(batch, batch_idx, dataloader_idx)
+        self.benchmark.evaluate(batch, dataloader_idx, self.model, self._tracker[0] if self._tracker else None)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_validation_start(self) -> None:
+        if self.benchmark is not None and not self.cfg.model.init_from and self.trainer.ckpt_path is None:
+            raise ConfigError("the benchmark would score an untrained model: pass model.init_from=<depth_anything_v2_"
+                              "vit*.pth> (the image model) or ckpt=<a video depth run's .ckpt>")
+
+    def on_test_start(self) -> None:
+        self.on_validation_start()
+
+    def on_validation_epoch_start(self) -> None:
+        if self.benchmark is None:
+            super().on_validation_epoch_start()
+        else:
+            log.info("video depth benchmark: Tracktention tracks %s", self._tracks_source())
+
+    def on_test_epoch_start(self) -> None:
+        if self.benchmark is None:
+            super().on_test_epoch_start()
+        else:
+            self.on_validation_epoch_start()
+
+    def epoch_results(self) -> dict[str, torch.Tensor]:
+        if self.benchmark is None:
+            return super().epoch_results()
+        return self.benchmark.finish(self._tracks_source())
+
+    def _tracks_source(self) -> str:
+        return tracks_source(self.model, self._tracker[0] if self._tracker else None)

@@ -120,10 +120,11 @@ class VideoDepthAnything(nn.Module):
                 break
         load_strict(self.image, state, what=f"Depth Anything V2 weights from {path}")
 
-    def _network_input(self, video: Tensor, tracks: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _network_input(self, video: Tensor, tracks: Tensor | None, input_size: int | None = None
+                       ) -> tuple[Tensor, Tensor | None]:
         B, T, _, H, W = video.shape
         x = imagenet_normalize(video).flatten(0, 1)
-        size = self.config.input_size
+        size = self.config.input_size if input_size is None else input_size
         if size is None:
             if H % self.patch_size or W % self.patch_size:
                 raise ValueError(f"frames {H}x{W} are not multiples of {self.patch_size}; "
@@ -135,9 +136,11 @@ class VideoDepthAnything(nn.Module):
             tracks = None if tracks is None else resize_points(tracks, (H, W), hw)
         return x, tracks
 
-    def forward(self, video: Tensor, tracks: Tensor | None = None, visible: Tensor | None = None) -> Tensor:
+    def forward(self, video: Tensor, tracks: Tensor | None = None, visible: Tensor | None = None,
+                input_size: int | None = None) -> Tensor:
         """video (B, T, 3, H, W) RGB 0..255; tracks (B, T, M, 2) pixels of `video`; visible (B, T, M)
-        bool (None = all visible). Returns relative disparity (B, T, 1, H, W).
+        bool (None = all visible); `input_size` overrides ``config.input_size`` for this call (the
+        benchmark's per-video inference size). Returns relative disparity (B, T, 1, H, W).
 
         Without Tracktention layers (or without tracks) every frame is predicted on its own.
         """
@@ -146,7 +149,7 @@ class VideoDepthAnything(nn.Module):
         B, T, _, H, W = video.shape
         if self.tracktention is not None and tracks is None:
             raise ValueError("this model has Tracktention layers: pass tracks (B, T, M, 2)")
-        x, net_tracks = self._network_input(video, tracks)
+        x, net_tracks = self._network_input(video, tracks, input_size)
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         hook = None
         if self.tracktention is not None:

@@ -6,11 +6,16 @@ frames. Each shared frame is a linear cross-fade from the earlier window to the 
 (affine-invariant disparity) are first mapped onto the previous window with the least-squares
 scale and shift over the shared frames, so the whole video keeps the first window's scale.
 Frames are handed out as soon as no later window can change them.
+
+``window_ranges`` cuts a video held in memory exactly as ``VideoReader.windows`` cuts a stream,
+and ``stitched`` runs the stitcher over per-window outputs: prediction on video files and the
+benchmark evaluation share both, so a benchmark number is what ``tools/predict.py`` would give.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -62,3 +67,29 @@ class WindowStitcher:
         """The shared frames of the last window (None when there are none)."""
         pending, self.pending = self.pending, None
         return pending
+
+
+def window_ranges(num_frames: int, length: int, overlap: int) -> list[range]:
+    """Frame ranges of the windows over `num_frames` frames: `length` frames each, each starting with
+    the previous window's last `overlap` frames; the last may be shorter and adds at least one frame
+    (the windows of ``VideoReader.windows``)."""
+    if not 0 <= overlap < length:
+        raise ValueError(f"need 0 <= overlap < window length, got overlap {overlap}, length {length}")
+    ranges, start = [], 0
+    while True:
+        ranges.append(range(start, min(start + length, num_frames)))
+        if start + length >= num_frames:
+            return ranges
+        start += length - overlap
+
+
+def stitched(outputs: Iterable[Tensor], overlap: int, align_scale_shift: bool) -> Iterator[Tensor]:
+    """Stitch per-window outputs (t, ...) given in window order; yield frames as they become final."""
+    stitcher = WindowStitcher(overlap, align_scale_shift)
+    for output in outputs:
+        done = stitcher.add(output)
+        if len(done):
+            yield done
+    rest = stitcher.finish()
+    if rest is not None:
+        yield rest

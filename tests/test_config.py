@@ -23,6 +23,12 @@ def test_group_selection_on_the_command_line():
     assert cfg.model.arch.variant == "offline" and cfg.model.arch.window_len == 60
 
 
+@pytest.mark.parametrize("argv", [["model=cotracker3_offline", "model.lr=0.5"], ["model.lr=0.5", "model=cotracker3_offline"]])
+def test_a_group_choice_and_keys_of_that_group_both_apply(argv):
+    _, cfg = load_config(argv)
+    assert cfg.model.arch.window_len == 60 and cfg.model.lr == 0.5
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.convert_fixtures import (H, W, make_sintel, project, read_clips, rgb, rotation, save_png16, save_rgb,
-                                    write_jgz)
+from tests.convert_fixtures import (H, W, make_bonn, make_kitti, make_scannet, make_sintel, project, read_clips, rgb,
+                                    rotation, save_png16, save_rgb, write_jgz)
 from tools.convert import run
 
 
@@ -50,22 +50,8 @@ def test_sintel_depth_cameras_and_lossless_frames(tmp_path: Path) -> None:
 
 
 def test_kitti_uint16_over_256_zero_invalid_and_p_rect_02(tmp_path: Path) -> None:
-    drive, date = "2011_09_26_drive_0002_sync", "2011_09_26"
-    raw = tmp_path / "src" / "raw_data" / date
-    gt_dir = tmp_path / "src" / "data_depth_annotated" / "val" / drive / "proj_depth" / "groundtruth" / "image_02"
-    P = np.arange(12, dtype=float).reshape(3, 4) + 1
-    raw.mkdir(parents=True)
-    (raw / "calib_cam_to_cam.txt").write_text("calib_time: x\nP_rect_00: " + " 0" * 12 + "\nP_rect_02: "
-                                              + " ".join(map(str, P.ravel())) + "\n")
-    pngs = {}
-    for i in range(8):  # raw frames 0..7, ground truth for 2..5 only
-        name = f"{i:010d}.png"
-        save_rgb(raw / drive / "image_02" / "data" / name, rgb(i))
-        if 2 <= i <= 5:
-            png = np.random.default_rng(i).integers(0, 20000, (H, W)).astype(np.uint16)
-            png[0, :3] = 0
-            save_png16(gt_dir / name, png)
-            pngs[name[:-4]] = png
+    truth = make_kitti(tmp_path / "src", "2011_09_26_drive_0002_sync", 8, range(2, 6))  # ground truth for 2..5 only
+    P, pngs = truth["P"], truth["pngs"]
     convert("kitti", tmp_path / "src", tmp_path / "out", "--split", "bench")
     (clip,) = read_clips(tmp_path / "out" / "depthcrafter").values()
     assert clip.meta["source_frames"] == [f"{i:010d}" for i in range(2, 6)]  # GT frames, in order
@@ -76,26 +62,6 @@ def test_kitti_uint16_over_256_zero_invalid_and_p_rect_02(tmp_path: Path) -> Non
         assert np.array_equal(clip.depth[t][png > 0], (png[png > 0] / 256.0).astype(np.float32))
         assert np.array_equal(decode(clip.jpeg_frames[t]), rgb(int(stem)))
     assert np.allclose(clip.intrinsics[0], P[:, :3]) and clip.cam_to_world is None
-
-
-def make_scannet(root: Path, scene: str, numbers: list[int], colour_hw: tuple[int, int] = (2 * H, 2 * W)) -> dict:
-    K = np.array([[7.0, 0, 5.0, 0], [0, 7.5, 3.0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    (root / scene / "intrinsic").mkdir(parents=True, exist_ok=True)
-    np.savetxt(root / scene / "intrinsic" / "intrinsic_depth.txt", K)
-    truth = {}
-    for n in numbers:
-        save_rgb(root / scene / "color" / f"{n}.jpg", rgb(n, *colour_hw), quality=95)
-        png = np.random.default_rng(n).integers(0, 9000, (H, W)).astype(np.uint16)
-        png[1, 1] = 0
-        save_png16(root / scene / "depth" / f"{n}.png", png)
-        pose = np.eye(4)
-        pose[:3, :3], pose[:3, 3] = rotation(n), [n, 2.0, 3.0]
-        if n == 2:
-            pose[0, 0] = -np.inf  # ScanNet's marker of a lost pose
-        (root / scene / "pose").mkdir(exist_ok=True)
-        np.savetxt(root / scene / "pose" / f"{n}.txt", pose)
-        truth[str(n)] = {"png": png, "pose": pose}
-    return {"K": K, "frames": truth}
 
 
 def test_scannet_numeric_order_resize_to_depth_and_invalid_pose(tmp_path: Path) -> None:
@@ -120,13 +86,8 @@ def test_scannet_numeric_order_resize_to_depth_and_invalid_pose(tmp_path: Path) 
 
 
 def test_bonn_pairs_by_timestamp_order_and_decodes_over_5000(tmp_path: Path) -> None:
-    seq = tmp_path / "src" / "rgbd_bonn_balloon2"
     stamps = ["1548266469.11", "1548266469.9", "1548266470.05"]  # lexical order differs from numeric
-    pngs = {}
-    for i, s in enumerate(stamps):
-        save_rgb(seq / "rgb" / f"{s}.png", rgb(i))
-        pngs[s] = np.random.default_rng(i).integers(0, 40000, (H, W)).astype(np.uint16)
-        save_png16(seq / "depth" / f"{float(s) + 0.01:.2f}.png", pngs[s])
+    pngs = make_bonn(tmp_path / "src", "rgbd_bonn_balloon2", stamps)
     convert("bonn", tmp_path / "src", tmp_path / "out")
     (clip,) = read_clips(tmp_path / "out" / "all").values()
     order = sorted(stamps, key=float)
