@@ -106,7 +106,11 @@ class SetProtocol:
 
 def set_protocols(cfg: DepthBenchmarkDataConfig | DictConfig) -> list[SetProtocol]:
     """The configured sets with their protocols; ConfigError for an unknown protocol, a duplicate
-    name, no sets, or a relative shard path without data.root."""
+    name, no sets, a relative shard path without data.root, or windows that cannot advance."""
+    if not 0 <= cfg.overlap < cfg.window:
+        raise ConfigError(f"data.overlap={cfg.overlap} must be at least 0 and below data.window={cfg.window}")
+    if cfg.input_size < 14:
+        raise ConfigError(f"data.input_size={cfg.input_size}: at least one 14-pixel patch")
     if not cfg.sets:
         raise ConfigError("data.sets is empty: list the benchmark sets to evaluate "
                           "(e.g. experiment=depth_benchmark_depthcrafter or data=depth_bench_sintel)")
@@ -252,6 +256,10 @@ class DepthBenchmarkDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._loaders()
+
+    def predict_dataloader(self) -> DataLoader:
+        raise ConfigError("data.kind=depth_benchmark is for validate / test; to write depth maps use "
+                          "tools/predict.py depth on video files")
 
 
 @register_datamodule("depth_benchmark", DepthBenchmarkDataConfig)

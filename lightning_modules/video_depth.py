@@ -83,6 +83,12 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
         self.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
         self.cfg = cfg
         m = cfg.model
+        self.benchmark: DepthBenchmarkRun | None = None  # first: a bad benchmark config fails before any weights load
+        if cfg.data.kind == "depth_benchmark":
+            self.benchmark = DepthBenchmarkRun(set_protocols(cfg.data), cfg.data)
+            self.results_table = self.benchmark.results_table  # train.py prints it instead of its key list
+        else:
+            self.val_metrics = VideoDepthMetrics(cfg.data.max_depth)
         self.model = VideoDepthAnything(OmegaConf.to_object(m.arch))
         if m.init_from:
             self.model.load_image_weights(m.init_from)
@@ -91,12 +97,6 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
 
         set_trainable(self.model, list(m.freeze), False)
         self.criterion = VideoDepthLoss(DepthLossWeights(**OmegaConf.to_container(m.loss)))
-        self.benchmark: DepthBenchmarkRun | None = None
-        if cfg.data.kind == "depth_benchmark":
-            self.benchmark = DepthBenchmarkRun(set_protocols(cfg.data), cfg.data)
-            self.results_table = self.benchmark.results_table  # train.py prints it instead of its key list
-        else:
-            self.val_metrics = VideoDepthMetrics(cfg.data.max_depth)
         # Kept out of the module tree: the frozen tracker is not part of this model's checkpoints.
         self._tracker: list[TrackPreprocessor] = []
         if m.tracker.checkpoint:

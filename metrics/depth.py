@@ -157,13 +157,16 @@ def temporal_alignment_error(depth: Tensor | Sequence[Tensor], intrinsics: Tenso
     cam_to_world (T, 4, 4), OpenCV axes. For each pair (k, k+1), frame k is reprojected into k+1
     with T_{k+1<-k} = inv(P_{k+1}) P_k and compared with depth k+1 where both are > 0:
     mean |d_{k+1} - proj| / d_{k+1}; then k+1 into k. Default: z-buffered reprojection, and a
-    directed pair where no pixel overlaps is left out of the mean. ``reference=True`` reproduces
+    directed pair where no pixel overlaps is left out of the mean, as are the pairs of a frame whose pose
+    is not finite (a lost pose). ``reference=True`` reproduces
     ``eval_tae.py``: last write wins, and such a pair counts as error 0 in the 2 (T - 1) pairs.
     NaN when no pair is usable (a single frame).
     """
     T = len(depth)
     total, pairs = torch.zeros((), dtype=torch.float64, device=depth[0].device), 0
     for k in range(T - 1):
+        if not (torch.isfinite(cam_to_world[k]).all() and torch.isfinite(cam_to_world[k + 1]).all()):
+            continue  # a lost pose (NaN in converted shards: pose_valid False) leaves its pairs out
         rel = torch.linalg.inv(cam_to_world[k + 1].double()) @ cam_to_world[k].double()  # T_{k+1<-k}
         for src, dst, transform in ((k, k + 1, rel), (k + 1, k, torch.linalg.inv(rel))):
             proj = reproject_depth(depth[src], intrinsics[src], intrinsics[dst], transform, zbuffer=not reference)

@@ -122,3 +122,23 @@ def test_validate_on_named_sets_with_one_set_as_the_summary(tmp_path, two_sets):
                                                                      "trainer.limit_val_batches": 2})])
     assert len(results) == 2  # one dataloader per set
     assert results[0]["val/abs_rel"] == results[0]["val/small/abs_rel"] != results[0]["val/big/abs_rel"]
+
+
+def test_val_sets_combine_with_a_single_training_set(tmp_path, two_sets):
+    big, small = (Path(two_sets[name][0]).parent for name in ("big", "small"))
+    args = tiny_args(tmp_path, **{"data.train_shards": big, "model.arch.input_size": 28, "data.clip_len": 4,
+                                  "data.val_clip_len": 4, "data.num_tracks": 8, "trainer.limit_val_batches": 1,
+                                  "data.val_sets": f"[{{name: x, shards: {small}}}, {{name: y, shards: {big}}}]"})
+    results = train.run(["validate", *args])
+    assert {"val/x/abs_rel", "val/y/abs_rel", "val/abs_rel"} <= set(results[0])
+
+
+def test_the_video_mix_preset_requires_the_sets():
+    from configs.loader import load_config
+
+    base = ["experiment=depth_anything_vits_tracktention", "data=video_mix", "model.init_from=w.pth"]
+    with pytest.raises(ConfigError, match=r"required config keys not set: \['data.train_sets\[0\].name'"):
+        load_config(base)
+    _, cfg = load_config([*base, "data.train_sets=[{name: a, shards: /x, weight: 0.4}, {name: b, shards: /y}]"])
+    assert [(s.name, s.weight) for s in cfg.data.train_sets] == [("a", 0.4), ("b", 1.0)]
+    assert cfg.data.train_shards is None and cfg.model.encoder_lr_scale == 0.1  # the experiment's model

@@ -423,6 +423,20 @@ def test_tae_pairs_without_overlap() -> None:
     assert (tae.item(), pairs) == (pytest.approx(100 * 0.45 / 4, rel=1e-12), 4)
 
 
+def test_tae_leaves_out_the_pairs_of_a_lost_pose() -> None:
+    K = torch.tensor([[10.0, 0, 1.5], [0, 10.0, 0.5], [0, 0, 1]], dtype=torch.float64).expand(4, 3, 3)
+    depth = torch.tensor([2.0, 2.5, 2.0, 2.0], dtype=torch.float64).view(4, 1, 1).repeat(1, 2, 4)
+    poses = _translating_camera(4, 0.0)
+    full, pairs = temporal_alignment_error(depth, K, poses)
+    assert pairs == 6
+    poses[3, 0, 0] = float("nan")  # the converters' marker of a lost pose (ScanNet's -inf too)
+    for reference in (False, True):
+        tae, pairs = temporal_alignment_error(depth, K, poses, reference=reference)
+        assert pairs == 4 and tae.item() == pytest.approx(temporal_alignment_error(depth[:3], K[:3], poses[:3])[0].item())
+    poses[3, 0, 0] = float("-inf")
+    assert temporal_alignment_error(depth, K, poses)[1] == 4
+
+
 def _rolled_scene(size: int = 11, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two frames of an arbitrary depth map seen by a camera that rolls 90 deg about its axis between
     them, around the image centre c: pixel (u, v) of frame 0 is pixel (v, 2c - u) of frame 1."""

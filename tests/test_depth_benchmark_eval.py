@@ -254,6 +254,23 @@ def test_inference_size_is_video_depth_anythings():
     assert inference_input_size(720, 1280) == 518  # 16:9 = 1.778 is not wider than 1.78
 
 
+def test_every_benchmark_config_points_at_the_converters_output(monkeypatch):
+    monkeypatch.setenv("DEPTH_BENCH_ROOT", "/bench")
+    configs = sorted(p.stem for p in (REPO / "configs" / "data").glob("depth_bench_*.yaml"))
+    assert len(configs) == 8
+    for name in configs:
+        _, cfg = load_config(["validate", "experiment=depth_benchmark_depthcrafter", f"data={name}"])
+        for p in set_protocols(cfg.data):  # tools/convert.py DATASET SRC /bench/DATASET --split bench --benchmark B
+            assert p.shards == f"/bench/{p.bench.dataset}/{p.benchmark}", name
+            assert p.tae == (p.benchmark == "tae")
+    _, cfg = load_config(["validate", "experiment=depth_benchmark_depthcrafter"])
+    assert [p.name for p in set_protocols(cfg.data)] == SETS and cfg.trainer.precision == "32-true"
+    _, cfg = load_config(["validate", "experiment=depth_benchmark_vda500"])
+    assert [(p.name, p.benchmark) for p in set_protocols(cfg.data)] == [
+        ("sintel", "depthcrafter"), ("scannet_500", "vda500"), ("kitti_500", "vda500"), ("bonn_500", "vda500"),
+        ("scannet_tae", "tae")]
+
+
 def test_protocol_video_crops_frames_ground_truth_cameras_and_tracks(bench):
     (scannet,) = read_clips(bench["shards"] / "scannet" / "depthcrafter").values()
     protocols = {p.name: p for p in set_protocols(load_config(bench_args(bench, Path("/tmp")))[1].data)}
@@ -298,6 +315,8 @@ def test_user_errors_name_the_fix(bench, tmp_path, monkeypatch):
     ckpt = trained_checkpoint(no_tracks, tmp_path / "m.ckpt")
     with pytest.raises(ConfigError, match="no tracks and the model has Tracktention layers: set model.tracker"):
         train.run([*no_tracks, f"ckpt={ckpt}"])
+    with pytest.raises(ConfigError, match=r"data.overlap=4 must be at least 0 and below data.window=4"):
+        train.run(bench_args(bench, tmp_path / "run", **{"data.overlap": 4}))
     with pytest.raises(ConfigError, match=r"data.sets\[0\] \(sintel\): benchmark 'tae' has no 'sintel' clips"):
         train.run(bench_args(bench, tmp_path / "run", **{"data.sets": "[{name: sintel, shards: x, benchmark: tae}]"}))
 
