@@ -239,8 +239,9 @@ class DepthBenchmarkDataModule(L.LightningDataModule):
             try:
                 self.urls.append(expand_shards(p.shards))
             except FileNotFoundError:
-                raise ConfigError(f"data.sets[{i}] ({p.name}): no shards at {p.shards!r} (convert with tools/convert.py "
-                                  f"{p.bench.dataset} SRC OUT --split bench --benchmark {p.benchmark})") from None
+                raise ConfigError(f"data.sets[{i}] ({p.name}): no shards at {p.shards!r} (convert with "
+                                  f"tools/convert.py {p.bench.dataset} SRC OUT --split bench --benchmark {p.benchmark})"
+                                  ) from None
 
     def _loaders(self) -> list[DataLoader]:
         trainer = self.trainer

@@ -33,7 +33,6 @@ from typing import Optional
 import numpy as np
 import torch
 from omegaconf import DictConfig
-
 from torch.utils.data import DataLoader
 
 from configs.loader import ConfigError

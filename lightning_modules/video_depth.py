@@ -6,8 +6,8 @@ disparity. Evaluation: per-video aligned AbsRel / delta1 and track-based tempora
 frozen CoTracker3 run on the fly when ``model.tracker.checkpoint`` is set (metrics still use the
 batch's tracks). With ``data.kind=depth_benchmark`` validate / test run the published video depth
 protocol on whole videos instead (``lightning_modules/depth_benchmark_evaluation.py``) and
-``results_table()`` (only then) gives its table. Freezing: ``freeze`` prefixes start frozen; ``unfreeze`` stages make them
-trainable at given steps (``callbacks/unfreeze.py``).
+``results_table()`` (only then) gives its table. Freezing: ``freeze`` prefixes start frozen;
+``unfreeze`` stages make them trainable at given steps (``callbacks/unfreeze.py``).
 """
 
 from __future__ import annotations

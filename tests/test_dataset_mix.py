@@ -1,4 +1,5 @@
-"""Training on a mix of shard sets: clips drawn by weight, per-dataset validation metrics (datamodules/dataset_mix.py)."""
+"""Training on a mix of shard sets: clips drawn by weight, per-dataset validation metrics
+(datamodules/dataset_mix.py)."""
 
 from __future__ import annotations
 

@@ -158,7 +158,8 @@ def expected_results(bench: dict, module: L.LightningModule, tracks: TrackPrepro
             disparity = torch.from_numpy(np.load(paths["npz"])["disparity"])
             cams = {}
             if benchmark == "tae":
-                cams = {"intrinsics": torch.from_numpy(clip.intrinsics), "cam_to_world": torch.from_numpy(clip.cam_to_world)}
+                cams = {"intrinsics": torch.from_numpy(clip.intrinsics),
+                        "cam_to_world": torch.from_numpy(clip.cam_to_world)}
             metric.update(key, disparity, torch.from_numpy(depth[:, rows, cols].copy()),
                           torch.from_numpy(valid[:, rows, cols].copy()), **cams)
         out[name] = {k: float(v) for k, v in metric.compute().items()}
