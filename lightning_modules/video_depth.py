@@ -150,8 +150,10 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
     def _evaluate(self, batch: dict[str, torch.Tensor], metric: VideoDepthMetrics) -> None:
         pred = self(batch)
         _, depth, valid = depth_targets(batch)
-        metric.update(pred, depth, valid, batch["tracks"], batch["visible"], batch.get("intrinsics"),
-                      batch.get("poses"))
+        # TAE needs both; clips with intrinsics but no poses (KITTI) still get the other metrics.
+        poses = batch.get("cam_to_world")
+        metric.update(pred, depth, valid, batch["tracks"], batch["visible"],
+                      batch.get("intrinsics") if poses is not None else None, poses)
         if self.media is None and self.global_rank == 0:
             v = valid[0, :, 0] & (depth[0, :, 0] < self.cfg.data.max_depth)
             if v.any():

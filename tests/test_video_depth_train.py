@@ -66,3 +66,26 @@ def test_train_py_fits_with_validation_and_staged_unfreezing(tmp_path):
 def test_set_trainable_names_a_prefix_that_matches_nothing():
     with pytest.raises(ValueError, match=r"model.freeze: prefix\(es\) \['encoder.'\] match no parameter of Linear"):
         set_trainable(torch.nn.Linear(2, 2), ["encoder."], False)
+
+
+@pytest.mark.parametrize("with_poses", [False, True])
+def test_validation_computes_tae_from_the_batch_cameras(tmp_path, with_poses):
+    """Batches carry `intrinsics` (data.require_intrinsics) and `cam_to_world` (data.require_poses): TAE is
+    computed from them, and intrinsics alone (a dataset without poses) give the other metrics, no error."""
+    _, cfg = load_config(tiny_args(tmp_path))
+    module = train.build_module(cfg)
+    module.eval()
+    t, h, w, n = 4, 56, 56, 8
+    depth = 2.0 + torch.rand(1, t, 1, h, w)
+    k = torch.tensor([[50.0, 0.0, (w - 1) / 2], [0.0, 50.0, (h - 1) / 2], [0.0, 0.0, 1.0]])
+    batch = {"video": torch.rand(1, t, 3, h, w) * 255, "depth": depth, "depth_valid": torch.ones_like(depth, dtype=torch.bool),
+             "is_disparity": torch.tensor([False]), "tracks": torch.rand(1, t, n, 2) * (w - 1),
+             "visible": torch.ones(1, t, n, dtype=torch.bool), "intrinsics": k.expand(1, t, 3, 3).clone()}
+    if with_poses:
+        batch["cam_to_world"] = torch.eye(4).expand(1, t, 4, 4).clone()
+    module.media = {}  # no media capture
+    with torch.no_grad():
+        module._evaluate(batch, module.val_metrics)
+    out = module.val_metrics.compute()
+    assert torch.isfinite(out["abs_rel"])
+    assert ("tae" in out) == with_poses and (not with_poses or torch.isfinite(out["tae"]))
