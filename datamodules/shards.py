@@ -8,6 +8,8 @@ One clip per sample. Members of a sample with key K (keys never contain dots):
     K.tracks.npy     float32 (T, N, 2) pixel (x, y), pixel centres at integers
     K.visible.npy    bool (T, N), True = visible
     K.depth.npz      optional: arrays `depth` float32 (T, H, W) and `valid` bool (T, H, W)
+    K.queries.npy    optional: float32 (N, 3) the (t, x, y) query each track was tracked from
+                     (tracks made by a tracker, e.g. pre-extracted pseudo-labels)
 
 Arrays are plain `.npy` / `.npz` read with `allow_pickle=False`; no member is ever
 unpickled. JPEG was chosen over a video codec because clips are sampled at random
@@ -53,6 +55,7 @@ class Clip:
     depth: np.ndarray | None = None  # float32 (T, H, W)
     depth_valid: np.ndarray | None = None  # bool (T, H, W)
     source_url: str = ""
+    queries: np.ndarray | None = None  # float32 (N, 3) (t, x, y)
 
     @property
     def num_frames(self) -> int:
@@ -138,6 +141,7 @@ def encode_clip(
     extra_meta: dict[str, Any] | None = None,
     jpeg_quality: int = 90,
     encoded_frames: Sequence[bytes] | None = None,
+    queries: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Build a WebDataset sample dict for one clip, validating shapes and dtypes.
 
@@ -184,6 +188,10 @@ def encode_clip(
         np.savez_compressed(buf, depth=np.nan_to_num(depth).astype(np.float32), valid=valid)
         sample["depth.npz"] = buf.getvalue()
         meta["depth_kind"] = depth_kind
+    if queries is not None:
+        if queries.shape != (tracks.shape[1], 3):
+            raise ShardFormatError(f"{key}: queries must be (N={tracks.shape[1]}, 3) as (t, x, y), got {queries.shape}")
+        sample["queries.npy"] = _npy_bytes(queries.astype(np.float32))
     sample["meta.json"] = json.dumps(meta).encode()
     return sample
 
@@ -217,6 +225,10 @@ def decode_clip(sample: dict[str, Any]) -> Clip:
     if "depth.npz" in sample:
         with np.load(io.BytesIO(sample["depth.npz"]), allow_pickle=False) as arrays:
             clip.depth, clip.depth_valid = arrays["depth"], arrays["valid"]
+    if "queries.npy" in sample:
+        clip.queries = _load_npy(sample["queries.npy"], "queries.npy", where).astype(np.float32, copy=False)
+        if clip.queries.shape != (tracks.shape[1], 3):
+            raise ShardFormatError(f"{where}: queries {clip.queries.shape} do not match {tracks.shape[1]} tracks")
     return clip
 
 

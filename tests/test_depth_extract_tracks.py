@@ -51,6 +51,10 @@ def test_extract_writes_shards_the_video_datamodule_reads(tiny_shards, tracker_c
         assert (clip.depth == src.depth).all() and (clip.depth_valid == src.depth_valid).all()
         assert clip.jpeg_frames == src.jpeg_frames  # the frames' JPEG bytes are copied, never re-encoded
         assert clip.visible.any(0).all()  # every track is visible at least at its query frame
+        # The queries and the tracker are recorded; each track passes through its query.
+        assert clip.meta["tracks_teacher"] == "tiny_cotracker3.pth (offline)" and clip.queries.shape == (20, 3)
+        frames = clip.queries[:, 0].astype(int)
+        assert (clip.tracks[frames, range(20)] == clip.queries[:, 1:]).all()
     # Same seed, same tracks.
     again = tmp_path / "again"
     extract_tracks.extract(tiny_shards["val"], again, predictor, num_tracks=20, accelerator="cpu", devices=1,
