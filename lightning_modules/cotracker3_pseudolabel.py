@@ -58,6 +58,11 @@ def _generator(*entropy: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def teacher_generator(draw: str, seed: int, step: int, batch_idx: int, rank: int) -> torch.Generator:
+    """The generator of a batch's teacher draw: the same on every rank for `shared` draws."""
+    return _generator(seed, step, batch_idx) if draw == "shared" else _generator(seed, step, batch_idx, rank)
+
+
 @register_family("cotracker3_pseudolabel", PseudoLabelTrackerConfig)
 class PseudoLabelTrackerModule(TrackerModule):
     def __init__(self, cfg: DictConfig | dict) -> None:
@@ -90,9 +95,7 @@ class PseudoLabelTrackerModule(TrackerModule):
     def pseudo_labels(self, video: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         """Targets for a batch of clips from one drawn teacher (on the fly)."""
         seed, step, rank = self.cfg.seed, self.global_step, self.global_rank
-        shared = self.cfg.model.teacher_draw == "shared"
-        index = self.teachers.draw(_generator(seed, step, batch_idx) if shared else
-                                   _generator(seed, step, batch_idx, rank))
+        index = self.teachers.draw(teacher_generator(self.cfg.model.teacher_draw, seed, step, batch_idx, rank))
         labels = make_pseudo_labels(video, self.cfg.data.num_queries, self.teachers[index], self.sampler,
                                     _generator(seed, step, batch_idx, rank, 1))
         B = video.shape[0]

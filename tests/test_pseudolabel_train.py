@@ -130,3 +130,35 @@ def test_pre_extracted_pseudo_labels_record_queries_and_teacher_and_train(setup,
                                 "trainer.val_check_interval=1000"])
     assert trainer.lightning_module.teachers is None and trainer.global_step == 2
     assert np.isfinite(float(trainer.logged_metrics["train/loss"]))
+
+
+def test_shared_draws_agree_across_ranks_and_per_rank_draws_do_not(setup, tmp_path):
+    from lightning_modules.cotracker3_pseudolabel import teacher_generator
+
+    _, cfg = load_config(run_args(setup, tmp_path))
+    module = PseudoLabelTrackerModule(cfg)
+    module.setup("fit")
+
+    def draws(mode, rank):
+        return [module.teachers.draw(teacher_generator(mode, 42, step, 0, rank)) for step in range(64)]
+
+    assert draws("shared", 0) == draws("shared", 3)
+    assert draws("per_rank", 0) != draws("per_rank", 3)
+    assert draws("per_rank", 1) == draws("per_rank", 1)  # still reproducible
+    assert set(draws("shared", 0)) == {0, 1}
+
+
+def test_gpu_recipe_experiments_carry_the_reference_values():
+    for name, clip_len, random_len, init in (("cotracker3_real_pseudolabel", 64, False, "baseline_online.pth"),
+                                             ("cotracker3_offline_real_pseudolabel", 80, True, "baseline_offline.pth")):
+        _, cfg = load_config([f"experiment={name}", "data.val_tapvid.path=/data/tapvid_davis.pkl"])
+        m, d, t = cfg.model, cfg.data, cfg.trainer
+        assert m.family == "cotracker3_pseudolabel" and m.init_from.endswith(init)
+        assert (m.lr, m.weight_decay, m.warmup_pct, m.adam_eps, m.train_iters) == (5e-5, 1e-5, 0.0, 1e-8, 4)
+        assert list(m.freeze) == ["updateformer.vis_conf_head."]
+        assert [tc.kind for tc in m.teachers] == ["cotracker3_online", "cotracker3_offline"]
+        assert (m.loss.visible, m.loss.occluded, m.loss.huber_delta, m.loss.gamma) == (0.05, 0.01, 6.0, 0.8)
+        assert (m.queries.method, m.queries.num_frames, m.queries.first_fraction) == ("sift", 8, 0.25)
+        assert (d.num_queries, d.clip_len, d.random_clip_len, list(d.crop_hw)) == (384, clip_len, random_len, [384, 512])
+        assert d.random_frame_rate and d.batch_size == 1 and d.val_tapvid.dataset == "davis"
+        assert (t.max_steps, t.gradient_clip_val) == (15000, 10.0)
