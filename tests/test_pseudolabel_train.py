@@ -78,6 +78,12 @@ def test_train_py_fine_tunes_from_a_checkpoint_with_frozen_teachers(setup, tmp_p
     _, plain = load_config([*TINY_MODEL, "model.arch.model_resolution=[64,64]", f"run_dir={tmp_path / 'p'}",
                             f"model.init_from={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"])
     assert torch.equal(TrackerModule(plain).model.corr_mlp.fc1.weight, module.model.corr_mlp.fc1.weight)
+    # ... and as a teacher of a next round (no teacher files needed to load it).
+    from lightning_modules.pseudolabel_teachers import TeacherConfig, load_teacher
+
+    again = load_teacher(TeacherConfig(checkpoint=str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
+                                       kind="tracklight"))
+    assert again.type == "cotracker3_online" and again.support_grid == 5
 
 
 def test_config_names_what_is_missing(setup, tmp_path):
