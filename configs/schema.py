@@ -114,6 +114,7 @@ class SyntheticDataConfig:
     frame_noise: float = 0.0  # per-frame pixel noise std, 0..255 units
     colour_classes: int = 0  # > 0: class hues + per-frame luminance signature (colorization)
     class_signature: float = 24.0  # that signature's peak amplitude, 0..255 units
+    domain: str = "default"  # default | plaid (a shifted domain: datamodules/synthetic.py DOMAINS)
 
 
 @dataclass
@@ -139,7 +140,7 @@ class TrackingDataConfig:
 class TapVidDataConfig:
     kind: str = "tapvid"
     path: str = "???"
-    dataset: str = "davis"  # davis | rgb_stacking | kinetics
+    dataset: str = "davis"  # davis | rgb_stacking | kinetics | robotap
     query_mode: str = "first"  # first | strided
     resize: list[int] = field(default_factory=lambda: [256, 256])
     max_videos: Optional[int] = None

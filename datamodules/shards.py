@@ -12,6 +12,8 @@ One clip per sample. Members of a sample with key K (keys never contain dots):
     K.visible.npy    bool (T, N), True = visible
     K.depth.npz      optional: arrays `depth` float32 (T, H, W) and `valid` bool (T, H, W);
                      metric data stores metres (`meta.depth_units == "m"`)
+    K.queries.npy    optional: float32 (N, 3) the (t, x, y) query each track was tracked from
+                     (tracks made by a tracker, e.g. pre-extracted pseudo-labels)
     K.camera.npz     optional: `intrinsics` float64 (T, 3, 3), pixels of the STORED frames;
                      optional `cam_to_world` float64 (T, 4, 4) and `pose_valid` bool (T,)
 
@@ -96,6 +98,7 @@ class Clip:
     cam_to_world: np.ndarray | None = None  # float64 (T, 4, 4), OpenCV axes, metres
     pose_valid: np.ndarray | None = None  # bool (T,), with cam_to_world
     source_url: str = ""
+    queries: np.ndarray | None = None  # float32 (N, 3) (t, x, y)
 
     @property
     def num_frames(self) -> int:
@@ -243,6 +246,7 @@ def encode_clip(
     intrinsics: np.ndarray | None = None,
     cam_to_world: np.ndarray | None = None,
     pose_valid: np.ndarray | None = None,
+    queries: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Build a WebDataset sample dict for one clip, validating shapes and dtypes.
 
@@ -301,6 +305,10 @@ def encode_clip(
     if intrinsics is not None or cam_to_world is not None:
         sample["camera.npz"] = _camera_npz(key, num_frames, intrinsics, cam_to_world, pose_valid)
         meta["camera_convention"] = CAMERA_CONVENTION
+    if queries is not None:
+        if queries.shape != (tracks.shape[1], 3):
+            raise ShardFormatError(f"{key}: queries must be (N={tracks.shape[1]}, 3) as (t, x, y), got {queries.shape}")
+        sample["queries.npy"] = _npy_bytes(queries.astype(np.float32))
     sample["meta.json"] = json.dumps(meta).encode()
     return sample
 
@@ -372,6 +380,10 @@ def decode_clip(sample: dict[str, Any]) -> Clip:
             raise CorruptSampleError(f"{where}: member camera.npz does not load: {type(err).__name__}: {err}") from None
         if clip.intrinsics.shape != (clip.num_frames, 3, 3):
             raise ShardFormatError(f"{where}: camera.npz intrinsics {clip.intrinsics.shape} for {clip.num_frames} frames")
+    if "queries.npy" in sample:
+        clip.queries = _load_npy(sample["queries.npy"], "queries.npy", where).astype(np.float32, copy=False)
+        if clip.queries.shape != (tracks.shape[1], 3):
+            raise ShardFormatError(f"{where}: queries {clip.queries.shape} do not match {tracks.shape[1]} tracks")
     return clip
 
 

@@ -8,6 +8,9 @@ transform into the layer's canonical (texture) coordinates and sampling its peri
 texture bilinearly; layers are composited front to back with hard edges. Ground-truth
 tracks are exact: canonical points mapped forward with the same transforms.
 
+`domain="plaid"` draws a shifted domain (flat-coloured plaid textures, swinging motions) for
+domain-adaptation experiments; the default domain's output does not depend on that option.
+
 Conventions (DESIGN.md): tracks are pixel (x, y) with pixel centres at integers; visible
 is True = visible; depth is positive, larger = farther.
 
@@ -46,6 +49,9 @@ _CLASS_PERIOD_BASE = 4.0
 _CLASS_PERIOD_RATIO = 1.45
 _CLASS_CHROMA = (30.0, 60.0)  # range of a layer's chroma (RGB units away from its grey)
 _LUMA = np.array([0.299, 0.587, 0.114])
+DOMAINS = ("default", "plaid")
+_PLAID_SPEEDUP = 2.0  # peak speed of the "plaid" domain's swinging paths, times the configured maximum
+_PLAID_FIELDS = 3  # stripe fields overlaid in a plaid texture: 2**3 flat colours
 
 
 @dataclass
@@ -86,8 +92,15 @@ class SyntheticConfig:
     # unsure and flickers, while evidence gathered along a track over the clip is not.
     colour_classes: int = 0
     class_signature: float = 24.0  # peak grating amplitude (0..255 units) at g = 1
+    # Scene style (see DOMAINS). "default" is the Kubric-like look above; "plaid" is a shifted
+    # domain for domain-adaptation demos: hard-edged plaid textures in a few flat colours instead
+    # of power-law noise, and objects and camera swinging back and forth (sinusoidal paths up to
+    # _PLAID_SPEEDUP times faster) instead of drifting along smoothly turning headings.
+    domain: str = "default"
 
     def __post_init__(self) -> None:
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.height < 8 or self.width < 8:
             raise ValueError(f"height and width must be >= 8, got {self.height}x{self.width}")
         if self.num_frames < 1 or self.num_tracks < 1:
@@ -198,6 +211,21 @@ def _heading_path(rng: np.random.Generator, count: int, num_frames: int,
     return np.cumsum(step, axis=1) - step[:, :1]
 
 
+def _swinging_path(rng: np.random.Generator, count: int, num_frames: int,
+                   max_speed: float) -> np.ndarray:
+    """Cumulative displacement (count, T, 2) of back-and-forth swings, 0 at t=0.
+
+    Each axis is a sinusoid of 0.75..2.5 cycles per 24 frames whose peak speed is up to
+    _PLAID_SPEEDUP * max_speed, so directions reverse within a clip (the "plaid" domain).
+    """
+    t = np.arange(num_frames)[None, :, None]
+    omega = 2 * math.pi * rng.uniform(0.75, 2.5, (count, 1, 2)) / 24.0
+    speed = rng.uniform(0.3, 1.0, (count, 1, 2)) * _PLAID_SPEEDUP * max_speed
+    phase = rng.uniform(0, 2 * math.pi, (count, 1, 2))
+    amplitude = speed / omega
+    return amplitude * (np.sin(omega * t + phase) - np.sin(phase))
+
+
 def _rotation(angle: np.ndarray) -> np.ndarray:
     cos, sin = np.cos(angle), np.sin(angle)
     return np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
@@ -231,6 +259,27 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     colour = base[:, None, None] + np.einsum("cf,fyx->cyx", mix, fields[:3])
     regions = fields[3] > rng.uniform(-0.6, 0.6)
     colour += regions * rng.uniform(-70, 70, (3, 1, 1))
+    return np.clip(colour, 0, 255).astype(np.float32)
+
+
+def _plaid_texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A periodic channel-first (3, size, size) float32 plaid in [0, 255]: _PLAID_FIELDS hard-edged
+    stripe fields at random orientations and widths overlaid, each texel taking one of 2**fields
+    flat palette colours, plus a faint grain. The stripes have whole numbers of cycles per tile,
+    so the texture wraps without seams; stripe crossings give corners to track.
+    """
+    v, u = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    code = np.zeros((size, size), np.int64)
+    for _ in range(_PLAID_FIELDS):
+        cycles = int(rng.integers(2, max(3, size // 8)))
+        angle = rng.uniform(0, math.pi)
+        kx, ky = np.rint(cycles * np.array([math.cos(angle), math.sin(angle)])).astype(int)
+        if kx == 0 and ky == 0:
+            kx = 1
+        stripes = np.sin(2 * math.pi * (kx * u + ky * v) / size + rng.uniform(0, 2 * math.pi)) > 0
+        code = 2 * code + stripes
+    palette = rng.uniform(20, 235, (2**_PLAID_FIELDS, 3))
+    colour = palette[code].transpose(2, 0, 1) + rng.normal(0.0, 4.0, (3, size, size))
     return np.clip(colour, 0, 255).astype(np.float32)
 
 
@@ -303,7 +352,8 @@ class _Scene:
 
         # Camera: image = centre + zoom R(roll) (world - pan); the background's canonical
         # coordinates are the world coordinates.
-        pan = _heading_path(rng, 1, T, cfg.camera_pan)[0]
+        path = _heading_path if cfg.domain == "default" else _swinging_path
+        pan = path(rng, 1, T, cfg.camera_pan)[0]
         zoom = np.exp(cfg.camera_zoom * _smooth_unit(rng, 1, T)[0])
         roll = cfg.camera_rotation * _smooth_unit(rng, 1, T)[0]
         cam = zoom[:, None, None] * _rotation(roll)  # (T, 2, 2)
@@ -320,7 +370,7 @@ class _Scene:
         self.near_to_far = np.argsort(band_index) + 1  # layer ids, nearest first
         position = np.stack(
             [rng.uniform(-0.45 * W, 0.45 * W, K), rng.uniform(-0.45 * H, 0.45 * H, K)], -1
-        )[:, None] + _heading_path(rng, K, T, cfg.object_speed)  # (K, T, 2) world
+        )[:, None] + path(rng, K, T, cfg.object_speed)  # (K, T, 2) world
         spin = rng.uniform(0, 2 * math.pi, (K, 1)) + rng.uniform(
             -cfg.object_rotation, cfg.object_rotation, (K, 1)
         ) * np.arange(T)
@@ -344,7 +394,8 @@ class _Scene:
         # frame never shows the texture repeating.
         self.shapes: list[_Shape] = []
         view = max(H, W) * math.exp(cfg.camera_zoom)
-        self.textures = [_texture(rng, _next_pow2(1.5 * view, 64))]
+        texture = _texture if cfg.domain == "default" else _plaid_texture
+        self.textures = [texture(rng, _next_pow2(1.5 * view, 64))]
         self.texture_offset = [np.zeros(2)]
         for _ in range(K):
             radius = rng.uniform(cfg.min_object_size, cfg.max_object_size) * min(H, W)
@@ -356,7 +407,7 @@ class _Scene:
                            power=6 if kind == "rounded_rectangle" else 2, harmonics=harmonics)
             self.shapes.append(shape)
             size = _next_pow2(2 * max(shape.extent) + 2, 32)
-            self.textures.append(_texture(rng, size))
+            self.textures.append(texture(rng, size))
             self.texture_offset.append(rng.uniform(0, size, 2))
 
         if cfg.colour_classes:

@@ -41,6 +41,8 @@ def ensure_synthetic_shards(cfg: object) -> tuple[str, str]:
     """
     settings = _as_dict(cfg)
     cache_dir = Path(settings.pop("cache_dir"))
+    if settings.get("domain") == "default":
+        del settings["domain"]  # keeps the folder name (hash) of caches written before domains existed
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     root = cache_dir / f"synthetic-{digest}"
     train_dir, val_dir = root / "train", root / "val"
@@ -52,7 +54,8 @@ def ensure_synthetic_shards(cfg: object) -> tuple[str, str]:
                                   num_frames=settings["num_frames"], num_tracks=settings["num_tracks"],
                                   haze=settings["haze"], frame_noise=settings["frame_noise"],
                                   colour_classes=settings["colour_classes"],
-                                  class_signature=settings["class_signature"])
+                                  class_signature=settings["class_signature"],
+                                  domain=settings.get("domain", "default"))
         seed0, n_train, n_val = settings["seed"], settings["num_train_clips"], settings["num_val_clips"]
         # At least 16 training shards so ranks x workers always get disjoint subsets.
         per_shard = max(1, min(settings["clips_per_shard"], n_train // 16))

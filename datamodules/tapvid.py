@@ -1,4 +1,4 @@
-"""TAP-Vid evaluation data (DAVIS, RGB-Stacking, Kinetics) from the official pickles.
+"""TAP-Vid evaluation data (DAVIS, RGB-Stacking, Kinetics, RoboTAP) from the official pickles.
 
 The official files are Python pickles. They are read with the data-only unpickler of
 `datamodules/safe_pickle.py`, which rebuilds dicts, lists and numpy arrays and refuses any
@@ -11,6 +11,9 @@ raster (x, y) in [0, 1], ``occluded`` bool (N, T)):
 - RGB-Stacking: ``tapvid_rgb_stacking.pkl``, a list of videos.
 - Kinetics: ``*_of_0010.pkl`` in one folder, each a list (or dict) of videos whose ``video``
   is a sequence of JPEG bytes, one per frame.
+- RoboTAP: ``robotap_split*.pkl`` in one folder, each a dict video name -> video as DAVIS; the
+  splits together are the benchmark (the reference merges them into one dict). A name found in
+  two splits is an error rather than one video silently replacing the other.
 
 Conversion at this border (as tapnet's readers, in tracklight's convention):
 
@@ -52,11 +55,13 @@ from datamodules.workers import stop_signal_safe_loader
 
 log = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("davis", "rgb_stacking", "kinetics")
+DATASETS: tuple[str, ...] = ("davis", "rgb_stacking", "kinetics", "robotap")
 QUERY_MODES: tuple[str, ...] = ("first", "strided")
 QUERY_STRIDE = 5
 DEFAULT_FILES = {"davis": "tapvid_davis.pkl", "rgb_stacking": "tapvid_rgb_stacking.pkl"}
 KINETICS_PATTERN = "*_of_0010.pkl"
+# Datasets split over several pickles in one folder: the file-name pattern of their parts.
+SPLIT_PATTERNS = {"kinetics": KINETICS_PATTERN, "robotap": "robotap_split*.pkl"}
 REQUIRED_KEYS = ("video", "points", "occluded")
 # Frames resized per chunk, so a long full-resolution video never sits in memory as float32.
 _RESIZE_CHUNK = 16
@@ -108,7 +113,8 @@ def tapvid_pickle_files(path: str | Path, dataset: str) -> list[Path]:
     """The pickle file(s) of ``dataset`` at ``path``.
 
     DAVIS / RGB-Stacking: the ``.pkl`` file itself, or a folder holding the official file name.
-    Kinetics: a folder of ``*_of_0010.pkl`` files (sorted by name), or a single such file.
+    Kinetics / RoboTAP: a folder of ``*_of_0010.pkl`` / ``robotap_split*.pkl`` files (sorted by
+    name), or a single such file.
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
@@ -117,10 +123,10 @@ def tapvid_pickle_files(path: str | Path, dataset: str) -> list[Path]:
         raise FileNotFoundError(f"TAP-Vid {dataset} path does not exist: {path}")
     if path.is_file():
         return [path]
-    if dataset == "kinetics":
-        files = sorted(path.glob(KINETICS_PATTERN))
+    if dataset in SPLIT_PATTERNS:
+        files = sorted(path.glob(SPLIT_PATTERNS[dataset]))
         if not files:
-            raise FileNotFoundError(f"no TAP-Vid Kinetics files matching {KINETICS_PATTERN} in {path}")
+            raise FileNotFoundError(f"no TAP-Vid {dataset} files matching {SPLIT_PATTERNS[dataset]} in {path}")
         return files
     file = path / DEFAULT_FILES[dataset]
     if not file.is_file():
@@ -228,6 +234,7 @@ class TapVidDataset(Dataset):
         self.resize = (int(resize[0]), int(resize[1]))
         self._cache: tuple[Path, Any] | None = None
         self.index: list[tuple[Path, Any, str]] = []  # (file, key, name)
+        seen: dict[str, Path] = {}
         for file in self.files:
             if max_videos is not None and len(self.index) >= max_videos:
                 break
@@ -235,6 +242,9 @@ class TapVidDataset(Dataset):
             data = self._load(file)
             for key, name in _records(file, data):
                 _check_record(file, key, data[key])
+                if name in seen:
+                    raise ValueError(f"video name {name!r} appears in both {seen[name]} and {file}")
+                seen[name] = file
                 self.index.append((file, key, name))
         if max_videos is not None:
             self.index = self.index[:max_videos]

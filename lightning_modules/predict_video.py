@@ -41,7 +41,7 @@ from models.video_windows import stitched
 
 log = logging.getLogger(__name__)
 
-TRACK_FAMILIES = ("cotracker3", "chrono", "taptrv2")
+TRACK_FAMILIES = ("cotracker3", "cotracker3_pseudolabel", "chrono", "taptrv2")
 
 
 class PredictError(ValueError):

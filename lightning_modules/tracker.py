@@ -29,7 +29,8 @@ class TrackerModelConfig:
     adam_eps: float = 1e-8
     warmup_pct: float = 0.05
     loss: LossWeights = field(default_factory=LossWeights)
-    init_from: Optional[str] = None  # official CoTracker3 .pth (scaled_online.pth, baseline_offline.pth, ...)
+    # official CoTracker3 .pth (scaled_online.pth, baseline_offline.pth, ...) or a .ckpt of this family
+    init_from: Optional[str] = None
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes, e.g. ["fnet."]
     # Evaluation: the reference evaluator's rule is sigmoid(vis) * sigmoid(conf) > 0.6.
     visibility_rule: str = "vis_conf"

@@ -181,12 +181,14 @@ class CoTrackerThree(nn.Module):
 
         The stored ``time_emb`` fixes the window length: online files need window_len 16,
         offline files 60 (resized to the clip length at run time, as the reference does).
+        A tracklight ``.ckpt`` of a CoTracker3 family (keys ``model.*``) loads the same way.
         Anything else (a CoTracker2 file, another model) raises CheckpointMismatchError
         naming every missing, unexpected or mis-shaped key.
         """
         def strip_ddp(sd: dict[str, Tensor], _: nn.Module) -> dict[str, Tensor]:
-            if sd and all(k.startswith("module.") for k in sd):
-                return {k[len("module."):]: v for k, v in sd.items()}
+            for prefix in ("module.", "model."):  # DDP-wrapped reference files; our Lightning checkpoints
+                if sd and all(k.startswith(prefix) for k in sd):
+                    return {k[len(prefix):]: v for k, v in sd.items()}
             return sd
 
         try:

@@ -39,7 +39,7 @@ def test_extract_writes_shards_the_video_datamodule_reads(tiny_shards, tracker_c
     predictor = build_tracker_predictor({"variant": "offline", **TINY_TRACKER}, tracker_ckpt, iters=1)
     out = tmp_path / "tracks"
     extract_tracks.extract(tiny_shards["val"], out, predictor, num_tracks=20, accelerator="cpu", devices=1,
-                           num_workers=0)
+                           num_workers=0, teacher="tiny_cotracker3.pth (offline)")
     assert sorted(p.name for p in out.glob("*.tar")) == ["tracks-rank000-000000.tar"]
     clips = read_all(out)
     originals = {c.key: c for c in read_all(Path(tiny_shards["val"][0]).parent)}
@@ -51,6 +51,10 @@ def test_extract_writes_shards_the_video_datamodule_reads(tiny_shards, tracker_c
         assert (clip.depth == src.depth).all() and (clip.depth_valid == src.depth_valid).all()
         assert clip.jpeg_frames == src.jpeg_frames  # the frames' JPEG bytes are copied, never re-encoded
         assert clip.visible.any(0).all()  # every track is visible at least at its query frame
+        # The queries and the tracker are recorded; each track passes through its query.
+        assert clip.meta["tracks_teacher"] == "tiny_cotracker3.pth (offline)" and clip.queries.shape == (20, 3)
+        frames = clip.queries[:, 0].astype(int)
+        assert (clip.tracks[frames, range(20)] == clip.queries[:, 1:]).all()
     # Same seed, same tracks.
     again = tmp_path / "again"
     extract_tracks.extract(tiny_shards["val"], again, predictor, num_tracks=20, accelerator="cpu", devices=1,
@@ -80,3 +84,4 @@ def test_two_process_ddp_predict_writes_one_shard_set_per_rank(tiny_shards, trac
     assert shards == ["tracks-rank000-000000.tar", "tracks-rank001-000000.tar"]
     keys = [sorted({m.name.split(".")[0] for m in tarfile.open(out / s)}) for s in shards]
     assert not set(keys[0]) & set(keys[1]) and len(keys[0]) + len(keys[1]) == 8  # 4 shards x 2 clips, no repeats
+    assert read_all(out)[0].meta["tracks_teacher"] == "tiny_cotracker3.pth (offline)"  # named from the file

@@ -181,3 +181,29 @@ def test_batches_feed_the_metric(davis_file: Path, query_mode: str) -> None:
         metric.update(batch["tracks"], batch["visible"], batch["tracks"], batch["visible"], batch["queries"])
     assert all(float(v) == 1.0 for v in metric.compute().values())
     assert int(metric.num_videos) == 3
+
+
+def test_robotap_splits_merge_and_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "tapvid_robotap"
+    _write(folder / "robotap_split1.pkl", {"gripper": _video_record(rng), "stack": _video_record(rng)})
+    _write(folder / "robotap_split0.pkl", {"arm": _video_record(rng)})
+    _write(folder / "unrelated.pkl", {"other": _video_record(rng)})  # not a split file: ignored
+    dataset = TapVidDataset(folder, "robotap", query_mode="first", resize=(HEIGHT, WIDTH))
+    # Splits read in name order; the dict keys are the video names, as for DAVIS.
+    assert [dataset[i]["name"] for i in range(len(dataset))] == ["arm", "gripper", "stack"]
+    item = dataset[1]
+    assert item["tracks"].shape == (T_FRAMES, 2, 2) and item["queries"][:, 0].tolist() == [2.0, 0.0]
+    assert torch.equal(item["visible"], torch.from_numpy(~OCCLUDED[[0, 2]].T))
+
+    _write(folder / "robotap_split2.pkl", {"stack": _video_record(rng)})
+    with pytest.raises(ValueError, match=r"'stack' appears in both .*robotap_split1\.pkl and .*robotap_split2\.pkl"):
+        TapVidDataset(folder, "robotap")
+    with pytest.raises(FileNotFoundError, match=r"robotap_split\*\.pkl"):
+        TapVidDataset(tmp_path, "robotap")
+
+    from configs.loader import load_config
+
+    monkeypatch.setenv("TAPVID_ROBOTAP", str(folder))
+    _, cfg = load_config(["validate", "data=tapvid_robotap"])
+    assert cfg.data.kind == "tapvid" and cfg.data.dataset == "robotap" and cfg.data.path == str(folder)

@@ -11,7 +11,16 @@ shards (split by rank, then by dataloader worker) and writes its own output shar
         --checkpoint ckpt/scaled_offline.pth --variant offline --devices 8
     python tools/extract_tracks.py ... --accelerator cpu --devices 2      # gloo DDP on CPU
 
-Queries are seeded from the clip key and `--seed`, so a rerun writes the same tracks.
+Queries are seeded from the clip key and `--seed`, so a rerun writes the same tracks. Each
+written clip keeps its queries (`queries.npy`) and names the tracker (meta `tracks_teacher`).
+
+`--pseudo-labels ARGS` writes training samples for pseudo-label fine-tuning instead
+(`data.pseudo_labels=from_shards`): ARGS are the training run's `train.py` arguments, whose
+teachers, query sampling and clip sampling are used, one labelled clip per stored video
+(another `--seed` draws another clip):
+
+    python tools/extract_tracks.py --shards /data/videos/train --out /data/pseudo/train --devices 8 \
+        --pseudo-labels experiment=cotracker3_real_pseudolabel
 """
 
 from __future__ import annotations
@@ -91,17 +100,19 @@ class ShardSource(L.LightningDataModule):
 class TrackExtractor(L.LightningModule):
     """predict_step: one clip -> tracks (T, N, 2) and visibility (T, N) from random space-time queries."""
 
-    def __init__(self, predictor: torch.nn.Module, num_tracks: int = 576, seed: int = 0) -> None:
+    def __init__(self, predictor: torch.nn.Module, num_tracks: int = 576, seed: int = 0, teacher: str = "") -> None:
         super().__init__()
         self.preprocessor = TrackPreprocessor(predictor, num_tracks, backward_tracking=True)
-        self.seed = seed
+        self.seed, self.teacher = seed, teacher
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         video = batch["frames"].to(self.device).permute(0, 3, 1, 2)[None].float()
         generator = torch.Generator().manual_seed(clip_id(batch["key"]) ^ self.seed)
-        tracks, visible, _ = self.preprocessor(video, generator)
+        tracks, visible, queries = self.preprocessor(video, generator)
         return {**batch, "frames": batch["frames"].cpu(), "tracks": tracks[0].cpu().numpy(),
-                "visible": visible[0].cpu().numpy()}
+                "visible": visible[0].cpu().numpy(), "queries": queries[0].cpu().numpy(),
+                "meta_update": {"tracks_source": "cotracker3", "track_queries": int(tracks.shape[2]),
+                                "tracks_teacher": self.teacher}}
 
 
 class ShardPredictionWriter(BasePredictionWriter):
@@ -121,14 +132,16 @@ class ShardPredictionWriter(BasePredictionWriter):
                                       max_count=self.clips_per_shard)
         meta = prediction["meta"]
         kept = {k: v for k, v in meta.items() if k not in _DERIVED_META}
-        kept.update(tracks_source="cotracker3", track_queries=int(prediction["tracks"].shape[1]))
+        kept.update(prediction["meta_update"])
         self.writer.write_sample(encode_clip(
             prediction["key"], prediction["frames"].numpy(), prediction["tracks"], prediction["visible"],
             fps=meta.get("fps", 24.0), source=meta.get("source", "unknown"), depth=prediction["depth"],
             depth_valid=prediction["depth_valid"], depth_kind=meta.get("depth_kind", "depth"),
-            extra_meta=kept, encoded_frames=prediction["jpeg_frames"],  # the source's bytes, not re-encoded
-            intrinsics=prediction["intrinsics"], cam_to_world=prediction["cam_to_world"],
-            pose_valid=prediction["pose_valid"]))
+            extra_meta=kept, queries=prediction["queries"],
+            encoded_frames=prediction["jpeg_frames"],  # the source's bytes (None: frames were cut)
+            # Cameras of clips kept whole; pseudo-label samples are cut and cropped, so they carry none.
+            intrinsics=prediction.get("intrinsics"), cam_to_world=prediction.get("cam_to_world"),
+            pose_valid=prediction.get("pose_valid")))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.writer is not None:
@@ -137,23 +150,42 @@ class ShardPredictionWriter(BasePredictionWriter):
             self.writer = None
 
 
-def extract(shards: str | Sequence[str], out_dir: str | Path, predictor: torch.nn.Module, *, num_tracks: int = 576,
-            seed: int = 0, accelerator: str = "auto", devices: int | str = "auto", num_nodes: int = 1,
-            num_workers: int = 1, clips_per_shard: int = 100, prefix: str = "tracks") -> None:
-    """Run the predict job; the outputs are shards under `out_dir`, one set per rank."""
+def extract(shards: str | Sequence[str], out_dir: str | Path, predictor: torch.nn.Module | None = None, *,
+            num_tracks: int = 576, seed: int = 0, accelerator: str = "auto", devices: int | str = "auto",
+            num_nodes: int = 1, num_workers: int = 1, clips_per_shard: int = 100, prefix: str = "tracks",
+            teacher: str = "", extractor: L.LightningModule | None = None) -> None:
+    """Run the predict job; the outputs are shards under `out_dir`, one set per rank.
+
+    `extractor` replaces the CoTracker3 track extractor (e.g. a PseudoLabelExtractor)."""
     devices_many = (isinstance(devices, int) and devices > 1) or num_nodes > 1
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                         strategy="ddp" if devices_many else "auto", logger=False, enable_progress_bar=False,
                         callbacks=[ShardPredictionWriter(out_dir, prefix, clips_per_shard)])
-    trainer.predict(TrackExtractor(predictor, num_tracks, seed), datamodule=ShardSource(expand_shards(shards), num_workers),
-                    return_predictions=False)
+    module = extractor if extractor is not None else TrackExtractor(predictor, num_tracks, seed, teacher)
+    trainer.predict(module, datamodule=ShardSource(expand_shards(shards), num_workers), return_predictions=False)
+
+
+def pseudo_label_extractor(train_args: list[str], seed: int) -> L.LightningModule:
+    """The pseudo-label extractor configured by a training run's arguments (its teachers and sampling)."""
+    from omegaconf import OmegaConf
+
+    from configs.loader import load_config
+    from lightning_modules.pseudolabel_extraction import PseudoLabelExtractor
+    from lightning_modules.pseudolabel_teachers import TeacherSet
+
+    _, cfg = load_config(["fit", *train_args])
+    if cfg.model.family != "cotracker3_pseudolabel" or cfg.data.kind != "unlabelled_videos":
+        raise ValueError(f"--pseudo-labels needs a model.family=cotracker3_pseudolabel run on data.kind="
+                         f"unlabelled_videos, got {cfg.model.family!r} on {cfg.data.kind!r}")
+    teachers = TeacherSet.load([OmegaConf.to_object(t) for t in cfg.model.teachers])
+    return PseudoLabelExtractor(teachers, OmegaConf.to_object(cfg.data), OmegaConf.to_object(cfg.model.queries), seed)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, nargs="+", help="input shards (pattern, directory or list)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--checkpoint", required=True, help="official CoTracker3 .pth")
+    parser.add_argument("--checkpoint", help="official CoTracker3 .pth (not with --pseudo-labels)")
     parser.add_argument("--variant", default="offline", choices=("online", "offline"))
     parser.add_argument("--arch", default="{}", help="JSON overrides of CoTrackerThreeConfig (e.g. tiny test models)")
     parser.add_argument("--iters", type=int, default=6)
@@ -165,19 +197,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--clips-per-shard", type=int, default=100)
     parser.add_argument("--prefix", default="tracks")
+    parser.add_argument("--pseudo-labels", nargs="+", metavar="KEY=VALUE",
+                        help="write pseudo-label training samples for the train.py run given by these arguments")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import json
+
+    devices = int(args.devices) if args.devices.isdigit() else args.devices
+    if args.pseudo_labels:
+        from configs.loader import ConfigError
+        from lightning_modules.pseudolabel_teachers import TeacherError
+
+        try:
+            extractor = pseudo_label_extractor(args.pseudo_labels, args.seed)
+        except (ConfigError, TeacherError, ValueError) as err:
+            parser.error(str(err))
+        extract(args.shards, args.out, accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
+                num_workers=args.num_workers, clips_per_shard=args.clips_per_shard, prefix=args.prefix,
+                extractor=extractor)
+        return
+    if not args.checkpoint:
+        parser.error("--checkpoint is required (or --pseudo-labels)")
 
     arch = json.loads(args.arch)
     unknown = set(arch) - {f.name for f in dataclasses.fields(CoTrackerThreeConfig)}
     if unknown:
         parser.error(f"unknown --arch keys {sorted(unknown)}")
-    devices = int(args.devices) if args.devices.isdigit() else args.devices
     predictor = build_tracker_predictor({**arch, "variant": args.variant}, args.checkpoint, iters=args.iters)
     extract(args.shards, args.out, predictor, num_tracks=args.num_tracks, seed=args.seed,
             accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, num_workers=args.num_workers,
-            clips_per_shard=args.clips_per_shard, prefix=args.prefix)
+            clips_per_shard=args.clips_per_shard, prefix=args.prefix,
+            teacher=f"{Path(args.checkpoint).name} ({args.variant})")
 
 
 if __name__ == "__main__":

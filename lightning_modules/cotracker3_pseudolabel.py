@@ -1,0 +1,113 @@
+"""CoTracker3 fine-tuned on unlabelled videos with pseudo-labels from frozen teachers.
+
+CoTracker3's second stage (co-tracker ``train_on_real_data.py``): the student starts from a
+Kubric checkpoint (``init_from``: an official ``.pth`` or a ``.ckpt`` of a CoTracker3 family);
+each batch gets its targets from one teacher of ``teachers``, drawn by weight, on SIFT
+queries (``queries``), unless the batch comes from shards pre-extracted by
+``tools/extract_tracks.py --pseudo-labels`` (``data.pseudo_labels=from_shards``) and already
+carries them. Loss: ``pseudolabel_loss`` (position terms only; ``vis_conf_head`` frozen).
+
+Randomness (seeded by ``seed``, the step and the batch index, so a rerun draws the same): the
+teacher is drawn once per step for all ranks (``teacher_draw=shared``: every rank of a step
+learns from the same teacher, as in the reference, whose ranks draw from identically seeded
+generators), or per rank (``per_rank``: a mixture of teachers within each step). Queries are
+drawn per rank. Teachers are loaded when fitting starts, so validating, testing or predicting
+with a checkpoint of this family needs no teacher files; checkpoints hold the student only and
+also load as ``model.init_from`` of the ``cotracker3`` family.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.pseudolabel_loss import PseudoLabelLossConfig, pseudolabel_loss
+from lightning_modules.pseudolabel_targets import make_pseudo_labels
+from lightning_modules.pseudolabel_teachers import TEACHER_DRAWS, TeacherConfig, TeacherSet
+from lightning_modules.registry import register_family
+from lightning_modules.tracker import TrackerModelConfig, TrackerModule
+from metrics.tapvid import TapVidMetrics
+from models.keypoint_queries import KeypointQuerySampler, QuerySamplingConfig
+
+log = logging.getLogger(__name__)
+
+DATA_KIND = "unlabelled_videos"
+
+
+@dataclass
+class PseudoLabelTrackerConfig(TrackerModelConfig):
+    """The cotracker3 family's settings plus teachers and query sampling; defaults: the reference's
+    real-data recipe (lr 5e-5, OneCycle without warm-up, weight decay 1e-5, vis_conf_head frozen)."""
+
+    family: str = "cotracker3_pseudolabel"
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    teacher_draw: str = "shared"  # shared | per_rank (module docstring)
+    queries: QuerySamplingConfig = field(default_factory=QuerySamplingConfig)
+    lr: float = 5e-5
+    weight_decay: float = 1e-5
+    warmup_pct: float = 0.0
+    loss: PseudoLabelLossConfig = field(default_factory=PseudoLabelLossConfig)
+    freeze: list[str] = field(default_factory=lambda: ["updateformer.vis_conf_head."])
+
+
+def _generator(*entropy: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1, np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def teacher_generator(draw: str, seed: int, step: int, batch_idx: int, rank: int) -> torch.Generator:
+    """The generator of a batch's teacher draw: the same on every rank for `shared` draws."""
+    return _generator(seed, step, batch_idx) if draw == "shared" else _generator(seed, step, batch_idx, rank)
+
+
+@register_family("cotracker3_pseudolabel", PseudoLabelTrackerConfig)
+class PseudoLabelTrackerModule(TrackerModule):
+    def __init__(self, cfg: DictConfig | dict) -> None:
+        super().__init__(cfg)
+        m = self.cfg.model
+        if m.teacher_draw not in TEACHER_DRAWS:
+            raise ValueError(f"model.teacher_draw must be one of {TEACHER_DRAWS}, got {m.teacher_draw!r}")
+        self.loss_cfg = PseudoLabelLossConfig(**OmegaConf.to_container(m.loss))
+        self.sampler = KeypointQuerySampler(OmegaConf.to_object(m.queries))
+        self.teachers: TeacherSet | None = None  # loaded in setup("fit"); never in the state_dict
+        val_tapvid = self.cfg.data.get("val_tapvid") if self.cfg.data.kind == DATA_KIND else None
+        if val_tapvid is not None:  # validation on a TAP-Vid benchmark in its query mode
+            self.query_mode = val_tapvid.query_mode
+            self.val_metrics = TapVidMetrics(self.query_mode)
+            self.zero_motion_metrics = TapVidMetrics(self.query_mode)
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.cfg.data.kind != DATA_KIND:
+            raise ValueError(f"model.family=cotracker3_pseudolabel trains on data.kind={DATA_KIND!r} "
+                             f"(unlabelled clips), got data.kind={self.cfg.data.kind!r}")
+        if self.cfg.data.pseudo_labels == "on_the_fly" and self.teachers is None:
+            self.teachers = TeacherSet.load([OmegaConf.to_object(t) for t in self.cfg.model.teachers])
+
+    def on_fit_start(self) -> None:
+        if self.teachers is not None:
+            self.teachers.to(self.device)
+
+    def pseudo_labels(self, video: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Targets for a batch of clips from one drawn teacher (on the fly)."""
+        seed, step, rank = self.cfg.seed, self.global_step, self.global_rank
+        index = self.teachers.draw(teacher_generator(self.cfg.model.teacher_draw, seed, step, batch_idx, rank))
+        labels = make_pseudo_labels(video, self.cfg.data.num_queries, self.teachers[index], self.sampler,
+                                    _generator(seed, step, batch_idx, rank, 1))
+        B = video.shape[0]
+        self.log("train/teacher", float(index), batch_size=B)
+        self.log("train/keypoint_fallbacks", float((~labels.keypoints_found).sum()), batch_size=B)
+        return labels.as_batch()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        video = batch["video"]
+        targets = batch if "tracks" in batch else self.pseudo_labels(video, batch_idx)
+        m = self.cfg.model
+        windows = self.model.forward_train(video, targets["queries"], iters=m.train_iters)
+        terms = pseudolabel_loss([w.__dict__ for w in windows], targets, self.loss_cfg,
+                                 mask_before_query=self.model.config.variant == "online")
+        return self.finish_training_step(terms, video.shape[0], m.max_consecutive_nonfinite)
