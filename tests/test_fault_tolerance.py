@@ -141,9 +141,8 @@ def test_a_signal_mid_training_checkpoints_the_current_step_and_resume_continues
     # The process-group case is how SLURM, `timeout` and `kill -- -PGID` stop a job: the DataLoader
     # worker gets the signal too, and must leave the stopping to the training process.
     workers = {"data.num_workers": 1} if whole_group else {}
-    run = Training(_run_args(tmp_path, **{"trainer.max_steps": 100000, **workers}))
-    run.wait_for(r"start-up:")
-    time.sleep(3)  # a few training steps
+    run = Training(_run_args(tmp_path, **{"trainer.max_steps": 100000, "checkpoint.every_n_steps": CADENCE, **workers}))
+    _wait_for_file(tmp_path / "run" / "checkpoints" / "last.ckpt", run)  # training is under way, whatever the speed
     if whole_group:
         os.killpg(run.proc.pid, signum)
     else:
@@ -180,11 +179,11 @@ def test_slurm_preemption_signal_requeues_and_the_requeued_job_resumes(tmp_path)
              "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}:{os.environ['PATH']}",
              "SCONTROL_LOG": str(tmp_path / "scontrol.log")}
     args = _run_args(tmp_path, **{"trainer.max_steps": 100000, "trainer.devices": "auto",
-                                  "trainer.num_nodes": "auto"})
+                                  "trainer.num_nodes": "auto", "checkpoint.every_n_steps": CADENCE})
     run = Training(args, slurm)
     run.wait_for(r"start-up:")
     assert "SLURMEnvironment" in run.output
-    time.sleep(3)
+    _wait_for_file(tmp_path / "run" / "checkpoints" / "last.ckpt", run)  # training is under way
     run.proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=SIGUSR1@90` delivers
     assert run.finish() == 128 + signal.SIGTERM, run.output[-3000:]
 

@@ -14,6 +14,7 @@ TINY_MODEL = [
 
 
 def tiny_run_args(tmp: Path, **extra: object) -> list[str]:
+    """The tiny run's overrides; `extra` keys replace the defaults here (the command line refuses one key given twice)."""
     args = TINY_MODEL + [
         f"run_dir={tmp / 'run'}", "logger=csv", f"data.synthetic.cache_dir={tmp / 'cache'}",
         "data.synthetic.height=32", "data.synthetic.width=32", "data.synthetic.num_frames=8",
@@ -21,4 +22,5 @@ def tiny_run_args(tmp: Path, **extra: object) -> list[str]:
         "data.clip_len=8", "data.num_queries=8", "data.batch_size=1", "data.num_workers=0",
         "data.shuffle_buffer=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
     ]
-    return args + [f"{k}={v}" for k, v in extra.items()]
+    merged = dict(a.split("=", 1) for a in args) | {k: str(v) for k, v in extra.items()}
+    return [f"{k}={v}" for k, v in merged.items()]
