@@ -38,7 +38,8 @@ from omegaconf.nodes import BooleanNode, EnumNode, FloatNode, IntegerNode, Strin
 from configs.checks import ConfigError, check_values
 from configs.schema import DATA_KINDS, MODEL_FAMILIES, RootConfig
 
-__all__ = ["COMMANDS", "CONFIG_DIR", "CommandLine", "ConfigError", "compose", "load_config", "parse_command_line"]
+__all__ = ["COMMANDS", "CONFIG_DIR", "CommandLine", "ConfigError", "compose", "load_config", "override_args",
+           "parse_command_line"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,13 @@ def _split_key_value(arg: str) -> tuple[str, str]:
     if value == "None":
         value = "null"
     return key, f"{key}={value}"
+
+
+def override_args(args: list[str], overrides: list[str]) -> list[str]:
+    """`args` (key=value) with the keys that `overrides` sets taken from `overrides`: for tools and tests
+    that extend a command line, since train.py refuses one key given twice with different values."""
+    replaced = {_split_key_value(a)[0] for a in overrides}
+    return [a for a in args if _split_key_value(a)[0] not in replaced] + list(overrides)
 
 
 def _parse_value(arg: str) -> Any:

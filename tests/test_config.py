@@ -242,3 +242,11 @@ def test_print_config_shows_unset_keys_instead_of_stopping(capsys):
     train.run(["print_config", "experiment=cotracker3_tapvid_davis"])
     printed = OmegaConf.create(capsys.readouterr().out)
     assert OmegaConf.is_missing(printed.data, "path") and printed.run_dir == "runs/cotracker3_tapvid_davis"
+
+
+def test_override_args_replaces_keys_for_tools_that_extend_a_command_line():
+    from configs.loader import override_args
+
+    args = override_args(["trainer.max_steps=3", "model=cotracker3_online", "--seed=1"], ["trainer.max_steps=5", "seed=2"])
+    assert args == ["model=cotracker3_online", "trainer.max_steps=5", "seed=2"]
+    assert load_config(args)[1].trainer.max_steps == 5
