@@ -11,7 +11,8 @@ line with different values is an error naming both arguments. An experiment's ow
 `data.*` keys were written for the presets it pins: when the command line picks another preset
 and that preset sets one of those keys to a different value, start-up stops and asks for the key
 on the command line (otherwise the experiment would silently change the chosen preset, e.g. its
-architecture); keys the chosen preset does not set are applied and logged.
+architecture); keys the chosen preset does not set are applied and logged. A preset of another
+model family (or data kind) than the experiment's is refused.
 
 Unknown keys, wrong types and invalid values stop start-up with one line naming the key, what it
 expects and the value given (configs/checks.py holds the value rules).
@@ -187,12 +188,23 @@ def _show(value: Any) -> str:
     return str(value).replace("'", "")
 
 
+DISCRIMINATORS = {"model": "family", "data": "kind"}  # the key that picks a group's schema
+
+
 def _check_experiment_over_presets(cli: CommandLine, experiment: DictConfig, written_for: dict[str, str],
-                                   presets: dict[str, DictConfig]) -> None:
+                                   presets: dict[str, DictConfig], config_dir: Path) -> None:
     """Keys of the experiment vs a preset the command line swapped in (module docstring)."""
     for group, chosen in cli.presets.items():
         if chosen == written_for.get(group) or group not in experiment:
             continue
+        key = DISCRIMINATORS[group]
+        pinned = written_for.get(group)
+        was = _read_yaml(config_dir / group / f"{pinned}.yaml").get(key) if pinned else None
+        now = presets[group].get(key)
+        if was is not None and now != was and not cli.sets(f"{group}.{key}"):
+            raise ConfigError(f"experiment={cli.experiment} sets {group}.* keys for a {group}.{key}={was} "
+                              f"{group} ({group}={pinned}), but {group}={chosen} is {group}.{key}={now}; pick a "
+                              f"{group} preset of {key} {was}, or an experiment written for {now}")
         theirs, ours = leaves(experiment[group], f"{group}."), leaves(presets[group], f"{group}.")
         clashes = [k for k in theirs if k in ours and theirs[k] != ours[k] and not cli.sets(k)]
         if clashes:
@@ -219,7 +231,7 @@ def _raw_config(cli: CommandLine, config_dir: Path) -> DictConfig:
     presets.update(cli.presets)
     preset_layers = {g: _read_yaml(config_dir / g / f"{name}.yaml") for g, name in presets.items()}
     if experiment is not None:
-        _check_experiment_over_presets(cli, experiment, written_for, preset_layers)
+        _check_experiment_over_presets(cli, experiment, written_for, preset_layers, config_dir)
     layers = [base, *(OmegaConf.create({g: layer}) for g, layer in preset_layers.items())]
     layers += [experiment] if experiment is not None else []
     raw = OmegaConf.merge(*layers, OmegaConf.from_dotlist(list(cli.overrides.values())))

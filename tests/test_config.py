@@ -250,3 +250,10 @@ def test_override_args_replaces_keys_for_tools_that_extend_a_command_line():
     args = override_args(["trainer.max_steps=3", "model=cotracker3_online", "--seed=1"], ["trainer.max_steps=5", "seed=2"])
     assert args == ["model=cotracker3_online", "trainer.max_steps=5", "seed=2"]
     assert load_config(args)[1].trainer.max_steps == 5
+
+
+def test_an_experiment_for_one_family_refuses_a_preset_of_another():
+    with pytest.raises(ConfigError, match=r"experiment=cotracker3_tapvid_davis sets model\.\* keys for a "
+                                          r"model\.family=cotracker3 model \(model=cotracker3_offline\), but "
+                                          r"model=chrono_vits is model\.family=chrono"):
+        load_config(["validate", "experiment=cotracker3_tapvid_davis", "model=chrono_vits", "data.path=X"])
