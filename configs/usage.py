@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from configs.loader import CONFIG_DIR, GROUPS
+from configs.loader import COMMANDS, CONFIG_DIR, GROUPS
 
 COMMAND_HELP = {
     "fit": "train (the default); resume=auto|PATH continues a run",
@@ -54,7 +54,6 @@ def _wrap(items: list[str], indent: str = "    ", width: int = 100) -> str:
 
 
 def usage_text(config_dir: Path = CONFIG_DIR) -> str:
-    from configs.loader import COMMANDS
     from configs.schema import DATA_KINDS, MODEL_FAMILIES
     from datamodules.registry import load_datamodules
     from lightning_modules.registry import load_families
