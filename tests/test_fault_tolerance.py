@@ -113,9 +113,13 @@ def _step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
+CADENCE = 2  # steps between cadence checkpoints: the first one on disk proves training is under way
+
+
 def _run_args(tmp_path: Path, **extra: object) -> list[str]:
-    # No cadence checkpoint and no validation: any checkpoint on disk was written because of the signal.
-    return tiny_run_args(tmp_path, **{"checkpoint.every_n_steps": 100000, "checkpoint.monitor": "null",
+    # No validation; tests wait for the first cadence checkpoint (progress, whatever the machine's speed) and
+    # identify the signal's checkpoint by the step the run reports for it.
+    return tiny_run_args(tmp_path, **{"checkpoint.every_n_steps": CADENCE, "checkpoint.monitor": "null",
                                       "trainer.val_check_interval": 100000, "resume": "auto", **extra})
 
 
@@ -141,7 +145,7 @@ def test_a_signal_mid_training_checkpoints_the_current_step_and_resume_continues
     # The process-group case is how SLURM, `timeout` and `kill -- -PGID` stop a job: the DataLoader
     # worker gets the signal too, and must leave the stopping to the training process.
     workers = {"data.num_workers": 1} if whole_group else {}
-    run = Training(_run_args(tmp_path, **{"trainer.max_steps": 100000, "checkpoint.every_n_steps": CADENCE, **workers}))
+    run = Training(_run_args(tmp_path, **{"trainer.max_steps": 100000, **workers}))
     _wait_for_file(tmp_path / "run" / "checkpoints" / "last.ckpt", run)  # training is under way, whatever the speed
     if whole_group:
         os.killpg(run.proc.pid, signum)
@@ -179,7 +183,7 @@ def test_slurm_preemption_signal_requeues_and_the_requeued_job_resumes(tmp_path)
              "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}:{os.environ['PATH']}",
              "SCONTROL_LOG": str(tmp_path / "scontrol.log")}
     args = _run_args(tmp_path, **{"trainer.max_steps": 100000, "trainer.devices": "auto",
-                                  "trainer.num_nodes": "auto", "checkpoint.every_n_steps": CADENCE})
+                                  "trainer.num_nodes": "auto"})
     run = Training(args, slurm)
     run.wait_for(r"start-up:")
     assert "SLURMEnvironment" in run.output
@@ -196,8 +200,6 @@ def test_slurm_preemption_signal_requeues_and_the_requeued_job_resumes(tmp_path)
 
 
 # --- 2-process DDP (torchrun, CPU / gloo) ---------------------------------------------------------------------
-
-CADENCE = 2  # steps between cadence checkpoints: the first one on disk proves training is under way
 
 
 class TorchrunTraining(Training):
