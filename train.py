@@ -174,7 +174,7 @@ def _wandb_logger(mode: str, kwargs: dict[str, Any]) -> WandbLogger:
     logger = WandbLogger(mode=mode, **kwargs)
     # Lightning always passes `anonymous` to wandb.init, which then warns on every run that the
     # setting does nothing; leaving it out changes nothing else.
-    logger._wandb_init.pop("anonymous", None)
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
     return logger
 
 
