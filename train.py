@@ -313,6 +313,15 @@ class Evaluation:
                                      "training_run_id": trained_in}})
 
 
+def print_config(cfg: DictConfig) -> DictConfig:
+    """The composed config as YAML on stdout; nothing is built."""
+    print(OmegaConf.to_yaml(cfg), end="")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        log.warning("not set yet (shown as ???): %s", ", ".join(missing))
+    return cfg
+
+
 def run(argv: list[str]) -> object:
     cli = parse_command_line(argv)
     if cli.command == "help":
@@ -320,12 +329,8 @@ def run(argv: list[str]) -> object:
         return None
     command = cli.command
     cfg = compose(cli, require_complete=command != "print_config")
-    if command == "print_config":  # nothing is built
-        print(OmegaConf.to_yaml(cfg), end="")
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            log.warning("not set yet (shown as ???): %s", ", ".join(missing))
-        return cfg
+    if command == "print_config":
+        return print_config(cfg)
     place_sweep_run(cfg)
     evaluation = Evaluation(cfg, command) if command != "fit" else None
     if evaluation is not None:
