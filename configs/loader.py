@@ -109,7 +109,7 @@ def _command(argv: list[str]) -> tuple[str, list[str]]:
 
 def parse_command_line(argv: list[str]) -> CommandLine:
     """Split argv into command, presets and overrides; refuse conflicting repeats. `-h` -> command 'help'."""
-    if any(a in HELP_FLAGS for a in argv):
+    if any(a in HELP_FLAGS for a in argv) or argv[:1] == ["help"]:
         return CommandLine(command="help")
     show = any(a in PRINT_FLAGS for a in argv)
     command, rest = _command([a for a in argv if a not in PRINT_FLAGS])

@@ -66,7 +66,7 @@ def usage_text(config_dir: Path = CONFIG_DIR) -> str:
     kinds = "\n".join(f"  {name:<13} data.* keys: {cls.__name__} in {_source_file(cls)}"
                       for name, cls in sorted(DATA_KINDS.items()))
     return f"""usage: python train.py [COMMAND] [experiment=NAME] [model=NAME] [data=NAME] [KEY=VALUE ...]
-       python train.py -h | --help
+       python train.py -h | --help | help
 
 commands:
 {commands}

@@ -142,7 +142,7 @@ def test_keys_an_experiment_applies_over_a_swapped_in_preset_are_logged(caplog):
 
 def test_commands_flags_and_help_are_recognised():
     assert parse_command_line(["validate", "-h"]).command == "help"
-    assert parse_command_line(["--help"]).command == "help"
+    assert parse_command_line(["--help"]).command == parse_command_line(["help"]).command == "help"
     assert parse_command_line(["print_config", "a.b=1"]).command == "print_config"
     assert parse_command_line(["validate", "--cfg", "a.b=1"]).command == "print_config"
     cli = parse_command_line(["test", "model=x", "experiment=y", "a.b=1", "--c=None"])
