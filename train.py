@@ -31,6 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint, TrustedWeightsCheckpoint
+from callbacks.console import ResultsTable, format_results, quiet_evaluation, quiet_uninformative_output
 from callbacks.data_health import DataHealthLogger
 from callbacks.fsdp import TracklightFSDPStrategy
 from callbacks.prediction_writer import NpzPredictionWriter
@@ -40,9 +41,10 @@ from callbacks.run_metadata import (IncompatibleCheckpointError, RunMetadata, ch
 from callbacks.signals import INTERRUPTED_EXIT_CODE, CheckpointOnSignal
 from callbacks.startup_report import StartupReport
 from callbacks.throughput import MetricsProgressBar, ThroughputMonitor
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError, compose, parse_command_line
+from configs.usage import usage_text
 from datamodules.errors import DataFormatError
-from models.checkpoint_io import CheckpointMismatchError
+from models.checkpoint_io import CheckpointMismatchError, CheckpointReadError, load_checkpoint_file
 
 log = logging.getLogger("tracklight")
 
@@ -147,7 +149,7 @@ def _stable_run_id(run_dir: Path) -> str:
     return run_id
 
 
-def build_logger(cfg: DictConfig) -> Logger | bool:
+def build_logger(cfg: DictConfig, evaluation: Evaluation | None = None) -> Logger | bool:
     run_dir = Path(cfg.run_dir)
     if cfg.logger == "none":
         return False
@@ -162,15 +164,23 @@ def build_logger(cfg: DictConfig) -> Logger | bool:
 
     settings = wandb.Settings(init_timeout=60, silent=True)
     kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.name, group=cfg.wandb.group,
-                  tags=list(cfg.wandb.tags), save_dir=str(run_dir), id=_stable_run_id(run_dir),
-                  resume="allow", settings=settings, log_model=False)
-    logger = WandbLogger(mode=mode, **kwargs)
+                  tags=list(cfg.wandb.tags), save_dir=str(run_dir), settings=settings, log_model=False)
+    kwargs |= evaluation.wandb_run(cfg) if evaluation else dict(id=_stable_run_id(run_dir), resume="allow")
+    logger = _wandb_logger(mode, kwargs)
     if mode == "online" and rank_zero_only.rank == 0:
         try:
             _ = logger.experiment  # fail fast here rather than mid-run
         except Exception as err:  # network or auth problems must never stop training
             log.warning("W&B online init failed (%s); logging offline instead, sync later with `wandb sync`", err)
-            logger = WandbLogger(mode="offline", **kwargs)
+            logger = _wandb_logger("offline", kwargs)
+    return logger
+
+
+def _wandb_logger(mode: str, kwargs: dict[str, Any]) -> WandbLogger:
+    logger = WandbLogger(mode=mode, **kwargs)
+    # Lightning always passes `anonymous` to wandb.init, which then warns on every run that the
+    # setting does nothing; leaving it out changes nothing else.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
     return logger
 
 
@@ -190,6 +200,7 @@ def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback
         callbacks.append(ThroughputMonitor(window=cfg.trainer.log_every_n_steps))
     if cfg.trainer.enable_progress_bar:  # Lightning refuses a bar callback when the bar is off
         callbacks.append(MetricsProgressBar(keys=[cfg.checkpoint.monitor, "perf/samples_per_s"]))
+    callbacks.append(ResultsTable(f"validation ({cfg.name})"))
     callbacks.extend(module.default_callbacks())
     return callbacks
 
@@ -228,10 +239,10 @@ def resolve_max_time(value: str | None) -> str | None:
     return value
 
 
-def build_trainer(cfg: DictConfig, module: L.LightningModule) -> L.Trainer:
+def build_trainer(cfg: DictConfig, module: L.LightningModule, evaluation: Evaluation | None = None) -> L.Trainer:
     t = cfg.trainer
     devices, num_nodes = resolve_layout(cfg)
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
         strategy=resolve_strategy(cfg, devices, num_nodes), plugins=build_plugins(cfg),
         precision=resolve_precision(t.precision), max_steps=t.max_steps, max_time=resolve_max_time(t.max_time),
@@ -240,8 +251,12 @@ def build_trainer(cfg: DictConfig, module: L.LightningModule) -> L.Trainer:
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=t.num_sanity_val_steps,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
-        logger=build_logger(cfg), callbacks=build_callbacks(cfg, module), default_root_dir=cfg.run_dir,
+        logger=build_logger(cfg, evaluation), callbacks=build_callbacks(cfg, module), default_root_dir=cfg.run_dir,
     )
+    if evaluation is not None and evaluation.loops is not None:
+        # The checkpoint's step for media file names and logged steps (Lightning restores only weights here).
+        trainer.fit_loop.load_state_dict(evaluation.loops)
+    return trainer
 
 
 def resume_path(cfg: DictConfig) -> str | None:
@@ -283,12 +298,9 @@ def save_resolved_config(cfg: DictConfig) -> None:
 
 
 @rank_zero_only
-def print_results(results: list[dict[str, float]], title: str) -> None:
+def print_results(results: list[dict[str, float]], title: str, module: L.LightningModule, stage: str) -> None:
     for i, metrics in enumerate(results):
-        print(f"\n{title} (dataloader {i})" if len(results) > 1 else f"\n{title}")
-        width = max((len(k) for k in metrics), default=0)
-        for key, value in sorted(metrics.items()):
-            print(f"  {key:<{width}}  {value:8.4f}")
+        print(format_results(metrics, module, f"{title} (dataloader {i})" if len(results) > 1 else title, stage))
 
 
 @rank_zero_only
@@ -304,15 +316,66 @@ def place_sweep_run(cfg: DictConfig) -> None:
         cfg.name = f"{cfg.name}-{run_id}"
 
 
+class Evaluation:
+    """validate / test / predict of a checkpoint: its outputs go to `<run_dir>/eval/<stage>-step<N>/`
+    (N: the checkpoint's global step) so that the training run's files are never touched, and W&B
+    gets a separate run (job_type "eval", grouped with the training run)."""
+
+    def __init__(self, cfg: DictConfig, stage: str) -> None:
+        self.stage, self.train_dir, self.loops, self.step = stage, Path(cfg.run_dir), None, None  # train_dir: read only
+        if cfg.ckpt is not None:
+            if not Path(cfg.ckpt).is_file():
+                raise ConfigError(f"ckpt={cfg.ckpt!r}: no such checkpoint file")
+            try:
+                checkpoint = load_checkpoint_file(cfg.ckpt, mmap=True)
+            except CheckpointReadError as err:
+                raise ConfigError(f"ckpt={cfg.ckpt!r}: {err}") from None
+            if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+                raise ConfigError(f"ckpt={cfg.ckpt!r}: not a Lightning checkpoint of this framework (no global_step); "
+                                  "official weight files go to model.init_from")
+            self.step, self.loops = int(checkpoint["global_step"]), checkpoint.get("loops", {}).get("fit_loop")
+        # Without a checkpoint the weights are what the config builds (model.init_from or random).
+        self.name = f"{stage}-step{self.step}" if self.step is not None else f"{stage}-init"
+        self.out_dir = self.train_dir / "eval" / self.name
+
+    def wandb_run(self, cfg: DictConfig) -> dict[str, Any]:
+        """W&B arguments: a fresh run of its own (never the training run's id), linked by group and config."""
+        id_file = self.train_dir / "wandb_run_id.txt"
+        trained_in = id_file.read_text().strip() if id_file.is_file() else None
+        return dict(id=secrets.token_hex(4), resume=None, name=f"{cfg.name}-{self.name}", job_type="eval",
+                    group=cfg.wandb.group or cfg.name,
+                    config={"eval": {"stage": self.stage, "ckpt": cfg.ckpt, "step": self.step,
+                                     "training_run_id": trained_in}})
+
+
+def print_config(cfg: DictConfig) -> DictConfig:
+    """The composed config as YAML on stdout; nothing is built."""
+    print(OmegaConf.to_yaml(cfg), end="")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        log.warning("not set yet (shown as ???): %s", ", ".join(missing))
+    return cfg
+
+
 def run(argv: list[str]) -> object:
-    command, cfg = load_config(argv)
+    cli = parse_command_line(argv)
+    if cli.command == "help":
+        print(usage_text())
+        return None
+    command = cli.command
+    cfg = compose(cli, require_complete=command != "print_config")
+    if command == "print_config":
+        return print_config(cfg)
     place_sweep_run(cfg)
+    evaluation = Evaluation(cfg, command) if command != "fit" else None
+    if evaluation is not None:
+        cfg.run_dir = str(evaluation.out_dir)  # config.yaml, media, logs and predictions of this evaluation
     prepare_run_dir(cfg, command)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     module = build_module(cfg)
     datamodule = build_datamodule(cfg)
-    trainer = build_trainer(cfg, module)
+    trainer = build_trainer(cfg, module, evaluation)
     save_resolved_config(cfg)
     if command == "fit":
         ckpt_path = resume_path(cfg)
@@ -325,16 +388,19 @@ def run(argv: list[str]) -> object:
     if command == "predict":
         out_dir = Path(cfg.run_dir) / "predictions"
         trainer.callbacks.append(NpzPredictionWriter(out_dir))
-        trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt, return_predictions=False)
+        with quiet_evaluation():
+            trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt, return_predictions=False)
         log.info("predictions written to %s", out_dir)
         return out_dir
     evaluate = trainer.validate if command == "validate" else trainer.test
     own_table = getattr(module, "results_table", None)  # an evaluation with one table of its own (depth benchmarks)
-    results = evaluate(module, datamodule=datamodule, ckpt_path=cfg.ckpt, verbose=own_table is None)
+    with quiet_evaluation():
+        results = evaluate(module, datamodule=datamodule, ckpt_path=cfg.ckpt, verbose=False)
     if own_table is not None:
         print_table(own_table())
     else:
-        print_results(results, f"{command} results ({cfg.name})")
+        print_results(results, f"{command} results ({cfg.name}, {evaluation.name}; written to {cfg.run_dir})", module,
+                      "val" if command == "validate" else "test")
     return results
 
 
@@ -348,6 +414,7 @@ def worker_error_message(err: BaseException) -> str:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_uninformative_output()
     try:
         run(sys.argv[1:])
     except (ConfigError, IncompatibleCheckpointError) as err:

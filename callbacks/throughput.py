@@ -176,6 +176,16 @@ class ThroughputMonitor(L.Callback):
             pl_module.log(key, float(group["lr"]), on_step=True, on_epoch=False, batch_size=1)
 
 
+def fit_is_ending(trainer: L.Trainer) -> bool:
+    """At the end of a training epoch: whether the fit loop stops now (the conditions Lightning's FitLoop.done checks)."""
+
+    def reached(count: int, limit: int | None) -> bool:
+        return limit is not None and limit != -1 and count >= limit
+
+    return (reached(trainer.global_step, trainer.max_steps) or trainer.should_stop
+            or reached(trainer.fit_loop.epoch_progress.current.processed, trainer.max_epochs))
+
+
 class MetricsProgressBar(TQDMProgressBar):
     """The TQDM bar with `keys` (e.g. the monitored validation metric, samples/s) shown under
     short names next to what modules log with `prog_bar=True`, once they have a value."""
@@ -183,6 +193,13 @@ class MetricsProgressBar(TQDMProgressBar):
     def __init__(self, keys: Iterable[str] = ("perf/samples_per_s",), refresh_rate: int = 1) -> None:
         super().__init__(refresh_rate=refresh_rate)
         self.keys = [k for k in keys if k]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        # Lightning prints "`Trainer.fit` stopped: ..." right after this hook and closes the bar only
+        # later (on_train_end): end the bar's line now, or the message runs onto it.
+        if fit_is_ending(trainer):
+            self.train_progress_bar.close()
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)

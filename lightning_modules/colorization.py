@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from callbacks.console import HeadlineMetric
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.registry import register_family
 from lightning_modules.schedules import warmup_cosine
@@ -117,6 +118,10 @@ def track_temporal_loss(pred_ab: torch.Tensor, target_ab: torch.Tensor, tracks: 
 
 @register_family("colorization", ColorizationModelConfig)
 class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule):
+    headline_metrics = (HeadlineMetric("CDC ↓", "cdc", "cdc_gt"), HeadlineMetric("PSNR ↑", "psnr"),
+                        HeadlineMetric("SSIM ↑", "ssim"), HeadlineMetric("colourfulness", "colorfulness", "colorfulness_gt"))
+    headline_baseline = "ground truth"
+
     def __init__(self, cfg: DictConfig | dict) -> None:
         super().__init__()
         cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg

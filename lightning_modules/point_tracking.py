@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.console import HeadlineMetric
 from lightning_modules.nonfinite import NonFiniteGuard
 from metrics.tapvid import TapVidMetrics
 
@@ -21,6 +22,11 @@ def to_metric_space(points: torch.Tensor, hw: tuple[int, int], size: int = 256) 
 
 
 class PointTrackingModule(NonFiniteGuard, L.LightningModule):
+    headline_metrics = (HeadlineMetric("AJ", "aj", "zero_motion_aj", percent=True),
+                        HeadlineMetric("δ_avg", "delta_avg", "zero_motion_delta_avg", percent=True),
+                        HeadlineMetric("OA", "oa", "zero_motion_oa", percent=True))
+    headline_baseline = "zero motion"
+
     def __init__(self, cfg: DictConfig | dict) -> None:
         super().__init__()
         cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.console import HeadlineMetric
 from configs.loader import ConfigError
 from datamodules.benchmark_videos import set_protocols
 from lightning_modules.depth_benchmark_evaluation import DepthBenchmarkRun, tracks_source
@@ -77,6 +78,9 @@ def depth_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.T
 
 @register_family("video_depth", VideoDepthModelConfig)
 class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule):
+    headline_metrics = (HeadlineMetric("AbsRel ↓", "abs_rel"), HeadlineMetric("δ1 ↑", "delta1"),
+                        HeadlineMetric("track-TAE ↓", "track_tae"), HeadlineMetric("TAE ↓", "tae"))
+
     def __init__(self, cfg: DictConfig | dict) -> None:
         super().__init__()
         cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg

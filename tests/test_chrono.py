@@ -78,7 +78,9 @@ def test_query_chunking_does_not_change_the_result() -> None:
         model.config.query_chunk_size = 64
         whole = model(video, queries)
     assert torch.allclose(chunked.tracks, whole.tracks, atol=1e-5)
-    assert torch.equal(chunked.visible, whole.visible)
+    # The logits, not the thresholded flags: a logit within rounding of the threshold may flip either way.
+    assert torch.allclose(chunked.occlusion_logits, whole.occlusion_logits, atol=1e-5)
+    assert torch.allclose(chunked.expected_dist_logits, whole.expected_dist_logits, atol=1e-5)
 
 
 def test_local_band_mask_window_13_truncates_at_clip_ends() -> None:

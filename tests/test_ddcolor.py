@@ -179,13 +179,25 @@ def test_train_mode_keeps_statistics_unless_asked() -> None:
         frozen.train()
         assert frozen.training and frozen.encoder.arch.training
         torch.testing.assert_close(frozen(l), expected, rtol=0, atol=0)
+    # Exact equality is the property here: no norm layer may write its buffers at all.
     assert all(torch.equal(v, buffers[k]) for k, v in frozen.named_buffers())
 
     official = _tiny(seed=1, update_norm_statistics=True).train()
+    # A spectral norm whose u is far from converged, on a weight with known singular vectors
+    # (W W^T = diag(4, 1)): one training-mode power iteration takes u0 = (1, 1)/sqrt(2) to
+    # W W^T u0 / |W W^T u0| = (4, 1)/sqrt(17), whatever the machine's rounding.
+    conv = official.refine_net[0][0]
     with torch.no_grad():
+        weight = torch.zeros_like(conv.weight_orig)
+        weight.view(2, -1)[0, 0], weight.view(2, -1)[1, 1] = 2.0, 1.0
+        conv.weight_orig.copy_(weight)
+        conv.weight_u.copy_(torch.tensor([1.0, 1.0]) / 2**0.5)
         official(l)
-    changed = {k for k, v in official.named_buffers() if not torch.equal(v, buffers[k])}
-    assert "decoder.layers.0.bn.running_mean" in changed and "refine_net.0.0.weight_u" in changed
+    torch.testing.assert_close(conv.weight_u, torch.tensor([4.0, 1.0]) / 17**0.5, rtol=0, atol=1e-6)
+    # Every BatchNorm counted one training batch (it used batch statistics and updated its running ones).
+    counts = {k: int(v) for k, v in official.named_buffers() if k.endswith("num_batches_tracked")}
+    assert "decoder.layers.0.bn.num_batches_tracked" in counts
+    assert all(count == int(buffers[k]) + 1 for k, count in counts.items())
 
 
 def test_checkpoint_round_trip_official_wrapper(tmp_path: Path) -> None:

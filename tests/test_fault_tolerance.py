@@ -113,9 +113,13 @@ def _step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
+CADENCE = 2  # steps between cadence checkpoints: the first one on disk proves training is under way
+
+
 def _run_args(tmp_path: Path, **extra: object) -> list[str]:
-    # No cadence checkpoint and no validation: any checkpoint on disk was written because of the signal.
-    return tiny_run_args(tmp_path, **{"checkpoint.every_n_steps": 100000, "checkpoint.monitor": "null",
+    # No validation; tests wait for the first cadence checkpoint (progress, whatever the machine's speed) and
+    # identify the signal's checkpoint by the step the run reports for it.
+    return tiny_run_args(tmp_path, **{"checkpoint.every_n_steps": CADENCE, "checkpoint.monitor": "null",
                                       "trainer.val_check_interval": 100000, "resume": "auto", **extra})
 
 
@@ -142,8 +146,7 @@ def test_a_signal_mid_training_checkpoints_the_current_step_and_resume_continues
     # worker gets the signal too, and must leave the stopping to the training process.
     workers = {"data.num_workers": 1} if whole_group else {}
     run = Training(_run_args(tmp_path, **{"trainer.max_steps": 100000, **workers}))
-    run.wait_for(r"start-up:")
-    time.sleep(3)  # a few training steps
+    _wait_for_file(tmp_path / "run" / "checkpoints" / "last.ckpt", run)  # training is under way, whatever the speed
     if whole_group:
         os.killpg(run.proc.pid, signum)
     else:
@@ -184,7 +187,7 @@ def test_slurm_preemption_signal_requeues_and_the_requeued_job_resumes(tmp_path)
     run = Training(args, slurm)
     run.wait_for(r"start-up:")
     assert "SLURMEnvironment" in run.output
-    time.sleep(3)
+    _wait_for_file(tmp_path / "run" / "checkpoints" / "last.ckpt", run)  # training is under way
     run.proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=SIGUSR1@90` delivers
     assert run.finish() == 128 + signal.SIGTERM, run.output[-3000:]
 
@@ -197,8 +200,6 @@ def test_slurm_preemption_signal_requeues_and_the_requeued_job_resumes(tmp_path)
 
 
 # --- 2-process DDP (torchrun, CPU / gloo) ---------------------------------------------------------------------
-
-CADENCE = 2  # steps between cadence checkpoints: the first one on disk proves training is under way
 
 
 class TorchrunTraining(Training):

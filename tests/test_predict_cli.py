@@ -129,7 +129,12 @@ def test_streaming_predictor_equals_the_in_memory_predictor():
     forward = streamed(False, 3)
     reference = predictor(video, queries[None], backward_tracking=False)
     torch.testing.assert_close(forward.tracks, reference.tracks[0], rtol=0, atol=1e-12)
-    assert torch.equal(forward.visible, reference.visible[0])
+    torch.testing.assert_close(forward.vis, reference.vis[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(forward.conf, reference.conf[0], rtol=0, atol=1e-12)
+    # The flags wherever the score is not within rounding of the threshold (there either way is right).
+    assert predictor.visibility_rule == "vis_conf"
+    decided = (reference.vis[0] * reference.conf[0] - predictor.threshold).abs() > 1e-9
+    assert torch.equal(forward.visible[decided], reference.visible[0][decided])
     # Backward tracking reruns frames 0..6 (the last query frame) reversed: before each query's
     # frame it equals the in-memory predictor's backward pass on that part of the video.
     both = streamed(True, 5)

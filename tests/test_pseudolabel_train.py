@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import train
-from configs.loader import load_config
+from configs.loader import load_config, override_args
 from datamodules.shard_reader import SkipCounter, iter_shard
 from datamodules.shards import ShardWriter, decode_clip, expand_shards
 from datamodules.synthetic import SyntheticConfig, generate_clip
@@ -47,17 +47,18 @@ def setup(tmp_path_factory):
 
 def run_args(setup, tmp_path, *extra) -> list[str]:
     root = setup["root"]
-    return ["experiment=cotracker3_pseudolabel_tiny_synthetic", *TINY_MODEL, "model.arch.model_resolution=[64,64]",
+    return override_args(["experiment=cotracker3_pseudolabel_tiny_synthetic", *override_args(TINY_MODEL, ["model.arch.model_resolution=[64,64]"]),
             setup["teachers"], f"data.train_shards={root / 'train'}", f"data.val_shards={root / 'val'}",
             "data.clip_len=8", "data.val_clip_len=8", "data.num_queries=16", "data.val_num_queries=8",
             "data.num_workers=0", "data.shuffle_buffer=1", f"run_dir={tmp_path / 'run'}", "trainer.log_every_n_steps=1",
-            "trainer.enable_progress_bar=false", "checkpoint.monitor=null", *extra]
+            "trainer.enable_progress_bar=false", "checkpoint.monitor=null"], list(extra))
 
 
 @pytest.mark.slow
 def test_train_py_fine_tunes_from_a_checkpoint_with_frozen_teachers(setup, tmp_path):
     # The student starts from a .ckpt of the cotracker3 family (a "Kubric" run).
-    _, kubric_cfg = load_config([*TINY_MODEL, "model.arch.model_resolution=[64,64]", f"run_dir={tmp_path / 'k'}"])
+    _, kubric_cfg = load_config([*override_args(TINY_MODEL, ["model.arch.model_resolution=[64,64]"]),
+                                 f"run_dir={tmp_path / 'k'}"])
     kubric = TrackerModule(kubric_cfg)
     start = tmp_path / "kubric.ckpt"
     torch.save({"state_dict": kubric.state_dict(), "hyper_parameters": {}}, start)
@@ -75,7 +76,7 @@ def test_train_py_fine_tunes_from_a_checkpoint_with_frozen_teachers(setup, tmp_p
     # Checkpoints hold the student only, and serve as init_from of the plain cotracker3 family.
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(k.startswith("model.") for k in ckpt["state_dict"])
-    _, plain = load_config([*TINY_MODEL, "model.arch.model_resolution=[64,64]", f"run_dir={tmp_path / 'p'}",
+    _, plain = load_config([*override_args(TINY_MODEL, ["model.arch.model_resolution=[64,64]"]), f"run_dir={tmp_path / 'p'}",
                             f"model.init_from={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"])
     assert torch.equal(TrackerModule(plain).model.corr_mlp.fc1.weight, module.model.corr_mlp.fc1.weight)
     # ... and as a teacher of a next round (no teacher files needed to load it).
@@ -132,8 +133,8 @@ def test_pre_extracted_pseudo_labels_record_queries_and_teacher_and_train(setup,
         assert clip.num_frames == 8 and clip.queries.shape == (16, 3) and clip.tracks.shape == (8, 16, 2)
         assert len(info["source_frames"]) == 8 and (clip.queries[:, 0] <= 2).all()  # first quarter
     # Training reads them as stored: no teacher is loaded.
-    trainer = train.run(args + [f"data.train_shards={out}", "data.pseudo_labels=from_shards", "trainer.max_steps=2",
-                                "trainer.val_check_interval=1000"])
+    trainer = train.run(override_args(args, [f"data.train_shards={out}", "data.pseudo_labels=from_shards", "trainer.max_steps=2",
+                                              "trainer.val_check_interval=1000"]))
     assert trainer.lightning_module.teachers is None and trainer.global_step == 2
     assert np.isfinite(float(trainer.logged_metrics["train/loss"]))
 

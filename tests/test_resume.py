@@ -79,8 +79,8 @@ def _resume(tmp: Path, *changes: str):
     import train
 
     args = tiny_run_args(tmp, **{"checkpoint.monitor": "null", "trainer.val_check_interval": 1000,
-                                 "logger": "none", "resume": "auto"})
-    return train.run(args + list(changes))
+                                 "logger": "none", "resume": "auto", **dict(c.split("=", 1) for c in changes)})
+    return train.run(args)
 
 
 def test_checkpoint_records_config_code_version_and_shards(two_step_run):

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 import train
-from configs.loader import load_config
+from configs.loader import load_config, override_args
 from datamodules.synthetic import SyntheticConfig
 from tests.conftest import write_clips
 from tests.tiny_run import TINY_MODEL
@@ -152,7 +152,7 @@ def _weights_for(sweep: dict, argv: list[str], tmp_path: Path, monkeypatch) -> N
         value = str(spec.get("value", ""))
         var = value[len("${oc.env:"):-1] if value.startswith("${oc.env:") else None
         if var in WEIGHTS:
-            _, cfg = load_config(argv + [f"{key}=null"])
+            _, cfg = load_config(override_args(argv, [f"{key}=null"]))
             path = tmp_path / f"{var.lower()}.pth"
             torch.save(WEIGHTS[var](train.build_module(cfg)).state_dict(), path)
             monkeypatch.setenv(var, str(path))
@@ -170,9 +170,9 @@ def test_a_drawn_trial_trains_a_step_from_the_agent_command_line(name, local_dat
     monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
     monkeypatch.setenv("WANDB_RUN_ID", "trial7")
     extra = SHRINK[name] + ONE_STEP + [f"run_dir={tmp_path / 'run'}", f"data.synthetic.cache_dir={tmp_path / 'cache'}"]
-    _weights_for(sweep, argv[3:] + extra, tmp_path, monkeypatch)
+    _weights_for(sweep, override_args(argv[3:], extra), tmp_path, monkeypatch)
 
-    trainer = train.run(argv[3:] + extra)
+    trainer = train.run(override_args(argv[3:], extra))
 
     assert trainer.global_step == 1
     assert sweep["metric"]["name"] in trainer.callback_metrics  # the optimised key is really logged

@@ -101,12 +101,14 @@ def family_overrides(family: str, size: str, cache_dir: str, extra: list[str]) -
     bench = ["logger=none", "trainer.devices=1", "trainer.accumulate_grad_batches=1", "data.train_shards=null",
              "data.val_shards=null", f"data.synthetic.cache_dir={cache_dir}", "data.num_workers=0",
              "data.shuffle_buffer=1", "data.synthetic.num_val_clips=1"]
-    return PRESETS[size][family] + bench + extra
+    from configs.loader import override_args
+
+    return override_args(PRESETS[size][family] + bench, extra)
 
 
 def load_bench_config(overrides: list[str]) -> Any:
     """The resolved config, with the synthetic clips sized to the config's crop, clip length and batch."""
-    from configs.loader import load_config
+    from configs.loader import load_config, override_args
 
     _, cfg = load_config(overrides)
     d = cfg.data
@@ -118,7 +120,7 @@ def load_bench_config(overrides: list[str]) -> Any:
              f"data.synthetic.num_tracks={max(2 * points, d.synthetic.num_tracks)}"]
     if d.crop_hw is not None:
         sized += [f"data.synthetic.height={d.crop_hw[0]}", f"data.synthetic.width={d.crop_hw[1]}"]
-    return load_config(sized + overrides)[1]  # the caller's overrides still win
+    return load_config(override_args(sized, overrides))[1]  # the caller's overrides win
 
 
 def training_batch(cfg: Any) -> dict[str, torch.Tensor]:
@@ -190,7 +192,9 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     from train import build_module, resolve_precision
 
     overrides = family_overrides(args.family, args.model_size, args.cache_dir, args.override)
-    cfg = load_bench_config(overrides + CONFIG_FLAGS.get(args.variant, []))
+    from configs.loader import override_args
+
+    cfg = load_bench_config(override_args(overrides, CONFIG_FLAGS.get(args.variant, [])))
     L.seed_everything(cfg.seed, verbose=False)
     torch.set_float32_matmul_precision("high")  # as train.py: float32 matmuls may use TF32
     module = build_module(cfg)
