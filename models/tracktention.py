@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.windowed_attention import grid_attends_points, logit_bound, points_attend_grid, window_radius
+from models.windowed_attention import grid_attends_points, layernorm_logit_bound, points_attend_grid, window_radius
 
 ATTENTION_IMPLS = ("windowed", "dense")
 
@@ -217,7 +217,7 @@ class PositionQueryAttention(nn.Module):
         grid_hw: tuple[int, int],
     ) -> Tensor:
         """The same function on local windows (models/windowed_attention.py); (N, L, heads, d) in."""
-        bound = logit_bound(q, k)
+        bound = layernorm_logit_bound(self.q_norm, self.k_norm)
         radius = window_radius(bound, self.sigma)
         if self.grid_queries:
             out, _ = grid_attends_points(q, k, v, content_pos, key_valid, grid_hw, self.sigma, radius, bound)

@@ -7,10 +7,10 @@ softmax as the dense (points x tokens) attention from tiles of the grid, with me
 proportional to tracks x window instead of tracks x tokens.
 
 The truncation bound (what "the same function" rests on). Let B bound every content logit,
-|q.k| / sqrt(d) <= B. We take B = max ||q|| * max ||k|| / sqrt(d) (Cauchy-Schwarz), measured on
-the actual queries and keys of the call, so the bound holds whatever the weights. With QK
-LayerNorm (gain g, bias b, head width d) ||q|| <= max|g| sqrt(d) + ||b||, so B = sqrt(d) at
-initialisation (5.7 for d = 32, 6.9 for d = 48): logits are bounded, but not small. The mass of
+|q.k| / sqrt(d) <= B. By Cauchy-Schwarz B = max ||q|| * max ||k|| / sqrt(d) (:func:`logit_bound`),
+and with QK LayerNorm (gain g, bias b, head width d) ||q|| <= max|g| sqrt(d) + ||b|| whatever the
+input (:func:`layernorm_logit_bound`, what Tracktention uses: it needs no pass over the data), so
+B = sqrt(d) at initialisation (5.7 for d = 32, 6.9 for d = 48): logits are bounded, not small. The mass of
 the attention that falls outside a window W of query j is
 
     eps_j = sum_{k not in W} w_jk <= sum_{k not in W} exp(l_k - l_c) <= exp(2B) sum_{k not in W} exp(b_k - b_c)
@@ -47,7 +47,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 TILE = 8  # grid cells per splatting tile side
 DEFAULT_TOL = 1e-7  # bound on the softmax mass a window may leave out
@@ -60,6 +60,20 @@ def logit_bound(q: Tensor, k: Tensor) -> float:
         return 0.0
     norms = q.detach().float().norm(dim=-1).amax() * k.detach().float().norm(dim=-1).amax()
     return float(norms) / math.sqrt(q.shape[-1])
+
+
+def layernorm_logit_bound(q_norm: nn.LayerNorm, k_norm: nn.LayerNorm) -> float:
+    """B for queries and keys that leave LayerNorms over the head width d (then maybe rotated by
+    RoPE, which keeps norms): ||LN(x)|| <= max|gain| sqrt(d) + ||bias||, because the normalised
+    vector has norm sqrt(d var / (var + eps)) < sqrt(d). Needs no pass over the data."""
+    def largest(norm: nn.LayerNorm) -> Tensor:
+        d = norm.normalized_shape[-1]
+        gain = norm.weight.detach().abs().amax() if norm.weight is not None else torch.ones(())
+        bias = norm.bias.detach().float().norm() if norm.bias is not None else torch.zeros(())
+        return gain.float().cpu() * math.sqrt(d) + bias.cpu()
+
+    d = q_norm.normalized_shape[-1]
+    return float(largest(q_norm) * largest(k_norm)) / math.sqrt(d)
 
 
 def _g(k: int, sigma: float) -> float:

@@ -12,6 +12,7 @@ from models.tracktention import Tracktention, gaussian_bias, grid_positions, pix
 from models.windowed_attention import (
     excluded_mass_bound,
     grid_attends_points,
+    layernorm_logit_bound,
     logit_bound,
     points_attend_grid,
     window_radius,
@@ -138,6 +139,23 @@ def test_logit_bound_holds_and_is_sqrt_d_under_qk_layernorm() -> None:
     assert bound == pytest.approx(math.sqrt(d), rel=1e-3)  # unit gain, zero bias: ||q|| = ||k|| = sqrt(d)
     aligned = q[:, :1].expand_as(q)  # a key equal to the query attains it
     assert (torch.einsum("nqhd,nkhd->nhqk", q, aligned) / math.sqrt(d)).max() == pytest.approx(bound, rel=1e-3)
+
+
+def test_layernorm_bound_holds_for_any_input_and_learned_gains() -> None:
+    """The bound Tracktention uses comes from the QK LayerNorm parameters alone."""
+    g = torch.Generator().manual_seed(1)
+    d = 48
+    q_norm, k_norm = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+    assert layernorm_logit_bound(q_norm, k_norm) == pytest.approx(math.sqrt(d))
+    with torch.no_grad():
+        for norm in (q_norm, k_norm):
+            norm.weight.copy_(torch.randn(d, generator=g) * 2)
+            norm.bias.copy_(torch.randn(d, generator=g))
+        q = q_norm(torch.randn(3, 40, 2, d, generator=g) * 50 + 7)
+        k = k_norm(torch.randn(3, 60, 2, d, generator=g) ** 3)
+    bound = layernorm_logit_bound(q_norm, k_norm)
+    assert logit_bound(q, k) <= bound
+    assert (torch.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(d)).abs().max() <= bound
 
 
 def test_excluded_mass_bound_holds_for_adversarial_logits_and_three_tokens_are_not_enough() -> None:

@@ -16,7 +16,7 @@ Optionally the cost of track pre-extraction per clip: CoTracker3 (published arch
 weights) on ``--queries`` random space-time queries, tracked both ways.
 
     python tools/bench_video_depth.py --quick                              # 518x518, 16 frames, 576 tracks, S and B
-    python tools/bench_video_depth.py --quick --device cuda --dtype bf16   # the same on a GPU under bf16 autocast
+    python tools/bench_video_depth.py --quick --device cuda --dtype bf16 --tracks 576 2048   # GPU, bf16 autocast
     python tools/bench_video_depth.py --encoders vits --tracks 576 2048 --memory --tracker
     python tools/bench_video_depth.py --flops-only --tracks 576 108        # FLOP table only
 
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoders", nargs="+", default=["vits", "vitb"])
     parser.add_argument("--size", type=int, default=518, help="square frame size (multiple of 14)")
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--tracks", type=int, nargs="+", default=[576])
+    parser.add_argument("--tracks", type=int, nargs="+", default=None, help="track counts (default 576)")
     parser.add_argument("--visible", type=float, default=0.8, help="fraction of visible track points")
     parser.add_argument("--attention", nargs="+", default=list(ATTENTION_IMPLS), choices=ATTENTION_IMPLS)
     parser.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
@@ -248,15 +248,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracker-resolution", type=int, nargs=2, default=[384, 512])
     parser.add_argument("--flops-only", action="store_true", help="only the FLOP table (instant, any machine)")
     parser.add_argument("--quick", action="store_true",
-                        help="518x518, 16 frames, 576 tracks, vits + vitb, forward + train, memory, 3 repeats")
+                        help="518x518, 16 frames, vits + vitb, forward + train, memory, 3 repeats (576 tracks "
+                             "unless --tracks)")
     parser.add_argument("--json", help="write every measured row to this file")
     parser.add_argument("--tiny", action="store_true", help="a tiny architecture: exercises the script, measures nothing")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.quick:
-        args.encoders, args.size, args.frames, args.tracks = ["vits", "vitb"], 518, 16, [576]
+    if args.quick:  # the published setting; --tracks may add counts
+        args.encoders, args.size, args.frames = ["vits", "vitb"], 518, 16
         args.modes, args.memory, args.repeats = ["forward", "train"], True, 3
+    args.tracks = args.tracks or [576]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
