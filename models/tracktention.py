@@ -28,6 +28,12 @@ ConvNet: cell j summarises pixels sj..sj+s-1, centre sj + (s-1)/2 (the align_cor
 convention). Padded convolutions whose cell j is centred on pixel s*j instead are off by
 (s-1)/(2s) < 0.5 token, below sigma.
 
+Cost. Sampling and splatting are (tracks x tokens) attentions; with sigma = 1/2 token their
+softmax is local, and by default (``attention="windowed"``) they are computed on local windows of
+the grid, the same function to float32 rounding with memory bounded by tracks x window
+(models/windowed_attention.py states and checks the truncation bound). ``attention="dense"``
+computes every pair: the reference, and the only path that returns attention weights.
+
 Extra tokens: a ViT's cls / register tokens come first in the token sequence; pass
 ``num_prefix_tokens`` and they are returned unchanged (the caller may equally split them off with
 ``x[:, :P]`` / ``x[:, P:]`` and concatenate them back).

@@ -310,9 +310,11 @@ def grid_attends_points(
     offsets = torch.arange(2 * radius // tile + 2, device=dev)
     a = torch.div(cell[..., 1] - radius, tile, rounding_mode="floor")[..., None] + offsets  # (N, M, span)
     b = torch.div(cell[..., 0] - radius, tile, rounding_mode="floor")[..., None] + offsets
-    ok_a = (a >= 0) & (a < tiles_y) & (a * tile - radius <= cell[..., 1:2]) & (cell[..., 1:2] <= a * tile + tile - 1 + radius)
-    ok_b = (b >= 0) & (b < tiles_x) & (b * tile - radius <= cell[..., 0:1]) & (cell[..., 0:1] <= b * tile + tile - 1 + radius)
-    n_idx, m_idx, i_idx, j_idx = (ok_a[..., :, None] & ok_b[..., None, :] & valid[..., None, None]).nonzero(as_tuple=True)
+    cy, cx = cell[..., 1:2], cell[..., 0:1]
+    ok_a = (a >= 0) & (a < tiles_y) & (a * tile - radius <= cy) & (cy <= a * tile + tile - 1 + radius)
+    ok_b = (b >= 0) & (b < tiles_x) & (b * tile - radius <= cx) & (cx <= b * tile + tile - 1 + radius)
+    pairs = ok_a[..., :, None] & ok_b[..., None, :] & valid[..., None, None]
+    n_idx, m_idx, i_idx, j_idx = pairs.nonzero(as_tuple=True)
     key = n_idx * T + a[n_idx, m_idx, i_idx] * tiles_x + b[n_idx, m_idx, j_idx]
     pair_counts = torch.bincount(key, minlength=N * T)
     mean = max(1.0, key.numel() / max(1, int((pair_counts > 0).sum())))

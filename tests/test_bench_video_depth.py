@@ -22,7 +22,9 @@ def test_tiny_cpu_run_times_every_variant_and_mode(tmp_path, capsys):
     latency = {r["mode"]: r["seconds"] for r in rows if r["kind"] == "latency"}
     assert set(latency) == {"forward", "train"}
     for seconds in latency.values():
-        assert set(seconds) == {"image", "windowed", "dense"} and all(s > 0 for s in seconds.values())
+        assert set(seconds) == {"image", "windowed", "dense"}
+        assert all(s["wall_s"] > 0 and s["cpu_s"] > 0 for s in seconds.values())
+        assert seconds["image"]["wall_ratio"] == 1.0
 
 
 def test_tiny_cpu_run_under_bf16_autocast(capsys):

@@ -117,7 +117,8 @@ def test_set_attention_switches_the_implementation_with_the_same_weights() -> No
     tokens, points, vis, image = _clip((8, 8), 4, frames=2, tracks=20, seed=11)
     set_attention(windowed, "dense")
     with torch.no_grad():
-        assert torch.equal(windowed(tokens, points, (8, 8), image, vis, 1), dense(tokens, points, (8, 8), image, vis, 1))
+        switched = windowed(tokens, points, (8, 8), image, vis, 1)
+        assert torch.equal(switched, dense(tokens, points, (8, 8), image, vis, 1))
     with pytest.raises(ValueError, match="attention"):
         set_attention(windowed, "sparse")
     with pytest.raises(ValueError, match="attention"):
@@ -206,7 +207,8 @@ def test_windowed_stays_exact_when_learned_norms_enlarge_the_logits() -> None:
 def test_splatting_kernel_counts_dense_cells_and_matches_the_dense_softmax() -> None:
     g = torch.Generator().manual_seed(0)
     grid, N, M, H, d = (24, 24), 2, 30, 2, 8
-    q, k, v = torch.randn(1, 576, H, d, generator=g), torch.randn(N, M, H, d, generator=g), torch.randn(N, M, H, d, generator=g)
+    q = torch.randn(1, 576, H, d, generator=g)
+    k, v = torch.randn(N, M, H, d, generator=g), torch.randn(N, M, H, d, generator=g)
     q, k = torch.nn.functional.layer_norm(q, (d,)), torch.nn.functional.layer_norm(k, (d,))
     points = torch.rand(N, M, 2, generator=g) * 6  # every track in one corner
     valid = torch.rand(N, M, generator=g) < 0.8

@@ -56,12 +56,14 @@ TINY_ARCH = dict(embed_dim=32, depth=4, num_heads=2, features=16, out_channels=[
 
 
 class Timer:
-    """Wall time of one call: CUDA events on a GPU (after a synchronize), perf_counter on a CPU."""
+    """Seconds of one call: (wall, process CPU) on a CPU, the CPU time summed over threads (less
+    sensitive than wall time to other processes competing for the cores); (GPU time by CUDA
+    events after a synchronize, the same) on a GPU."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
 
-    def __call__(self, fn) -> float:
+    def __call__(self, fn) -> tuple[float, float]:
         if self.cuda:
             torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -69,10 +71,11 @@ class Timer:
             fn()
             end.record()
             torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1e3
-        start = time.perf_counter()
+            seconds = start.elapsed_time(end) / 1e3
+            return seconds, seconds
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def model_config(encoder: str, tiny: bool = False) -> VideoDepthConfig:
@@ -129,9 +132,11 @@ def prepare(model: VideoDepthAnything, variant: str, mode: str) -> None:
     model.train(mode == "train")
 
 
-def time_cases(model, variants: list[str], mode: str, clip, repeats: int, timer: Timer, autocast) -> dict[str, float]:
-    """Median seconds per call of each variant, the variants alternating within every repeat."""
-    times: dict[str, list[float]] = {v: [] for v in variants}
+def time_cases(model, variants: list[str], mode: str, clip, repeats: int, timer: Timer,
+               autocast) -> dict[str, dict[str, float]]:
+    """Per variant: median wall and CPU seconds per call, and the median over repeats of its time
+    over the image model's in the same repeat (the variants alternate within every repeat)."""
+    times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for variant in variants:  # warm-up
         prepare(model, variant, mode)
         step_fn(model, variant, mode, clip, autocast)()
@@ -140,7 +145,11 @@ def time_cases(model, variants: list[str], mode: str, clip, repeats: int, timer:
             prepare(model, variant, mode)
             times[variant].append(timer(step_fn(model, variant, mode, clip, autocast)))
     model.zero_grad(set_to_none=True)
-    return {v: statistics.median(t) for v, t in times.items()}
+    base = times[IMAGE]
+    return {v: {"wall_s": statistics.median(w for w, _ in t), "cpu_s": statistics.median(c for _, c in t),
+                "wall_ratio": statistics.median(w / b[0] for (w, _), b in zip(t, base)),
+                "cpu_ratio": statistics.median(c / b[1] for (_, c), b in zip(t, base))}
+            for v, t in times.items()}
 
 
 def cuda_peak(model, variant: str, mode: str, clip, autocast) -> dict[str, float]:
@@ -226,7 +235,7 @@ def bench_tracker(frames: int, size: int, queries: int, resolution: tuple[int, i
     video = torch.rand(1, frames, 3, size, size, device=device) * 255
     pre(video)  # warm-up
     timer = Timer(device)
-    return statistics.median(timer(lambda: pre(video)) for _ in range(repeats))
+    return statistics.median(timer(lambda: pre(video))[0] for _ in range(repeats))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="518x518, 16 frames, vits + vitb, forward + train, memory, 3 repeats (576 tracks "
                              "unless --tracks)")
     parser.add_argument("--json", help="write every measured row to this file")
-    parser.add_argument("--tiny", action="store_true", help="a tiny architecture: exercises the script, measures nothing")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a tiny architecture: exercises the script, measures nothing")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -274,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     for encoder in args.encoders:
         for m in args.tracks:
             image, video = count_flops(encoder, args.size, args.frames, m, args.tiny)
-            print(f"| {encoder} | {m} | {image / 1e12:.2f} | {video / 1e12:.2f} | {video / image - 1:+.1%} |", flush=True)
+            print(f"| {encoder} | {m} | {image / 1e12:.2f} | {video / 1e12:.2f} | {video / image - 1:+.1%} |",
+                  flush=True)
             rows.append({"kind": "flops", "encoder": encoder, "tracks": m, "image_flops": image, "video_flops": video})
     if not args.flops_only:
         device = torch.device(args.device)
@@ -283,6 +294,9 @@ def main(argv: list[str] | None = None) -> None:
         variants = [IMAGE] + list(args.attention)
         print(f"\ndevice: {name}; clip {args.frames} x {args.size}x{args.size}; {args.dtype}; {args.visible:.0%} of "
               f"track points visible; non-zero output projections; median of {args.repeats}, variants interleaved\n")
+        cpu = device.type == "cpu"
+        print("Overhead: median over repeats of (video / image model in the same repeat) - 1"
+              + ("; wall time, and process CPU time in brackets" if cpu else "") + ".\n")
         print("| encoder | tracks | mode | image params | + Tracktention | " + " | ".join(
             f"{v} s" for v in variants) + " | " + " | ".join(f"{v} overhead" for v in args.attention) + " |")
         print("|" + "---|" * (5 + len(variants) + len(args.attention)))
@@ -298,8 +312,10 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(row)
                     print(f"| {encoder} | {m} | {mode} | {count_parameters(model.image) / 1e6:.1f} M | "
                           f"{count_parameters(model.tracktention) / 1e6:.1f} M | "
-                          + " | ".join(f"{secs[v]:.3f}" for v in variants) + " | "
-                          + " | ".join(f"{secs[v] / secs[IMAGE] - 1:+.1%}" for v in args.attention) + " |", flush=True)
+                          + " | ".join(f"{secs[v]['wall_s']:.3f}" for v in variants) + " | "
+                          + " | ".join(f"{secs[v]['wall_ratio'] - 1:+.1%}"
+                                       + (f" ({secs[v]['cpu_ratio'] - 1:+.1%})" if cpu else "")
+                                       for v in args.attention) + " |", flush=True)
             if args.memory:
                 for m in args.tracks:
                     clip = make_clip(args.frames, args.size, m, args.visible, device)
