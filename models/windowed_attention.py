@@ -176,7 +176,7 @@ def _gaussian(query_pos: Tensor, key_pos: Tensor, sigma: float) -> Tensor:
     return -(diff * diff).sum(-1) / (2.0 * sigma * sigma)
 
 
-def _rows_per_block(tracks_per_frame: int, h: int, target: int = 32) -> int:
+def _rows_per_block(tracks_per_frame: int, h: int, target: int = 64) -> int:
     """Rows of track cells per sampling block: about ``target`` tracks per block (1..8 rows)."""
     per_row = max(tracks_per_frame / h, 1e-9)
     return int(min(8, max(1, round(target / per_row))))
@@ -208,11 +208,11 @@ def points_attend_grid(
     k_rows, v_rows = k.reshape(total, w, H, d).contiguous(), v.reshape(total, w, H, d).contiguous()
 
     def windows(x: Tensor, pick: Tensor) -> Tensor:
-        """Key rows of the picked blocks (G, span * w, H, d): a strided view where they are inner."""
+        """Key rows of the picked blocks (G, span * w, H, d): a view (unfold) where they are inner."""
         if pick.numel() and int(pick[0]) >= lo and int(pick[-1]) < hi and bool((pick.diff() == 1).all()):
             first = int(start[pick[0]])
-            return x.as_strided((pick.numel(), span * w, H, d), (rows * w * H * d, H * d, d, 1),
-                                x.storage_offset() + first * w * H * d)
+            view = x[first:first + (pick.numel() - 1) * rows + span].unfold(0, span, rows)  # (G, w, H, d, span)
+            return view.permute(0, 4, 1, 2, 3).flatten(1, 2)
         index = start[pick][:, None] + torch.arange(span, device=dev)
         return x[index].view(pick.numel(), span * w, H, d)
 

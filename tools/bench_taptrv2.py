@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device}; clip {args.frames} x {args.size}x{args.size}; TAPTRv2 at "
           f"{tuple(args.taptr_resolution)}, CoTracker3 offline at {tuple(args.cotracker_resolution)} with "
-          f"{args.iters} iterations; fp32; median of {args.repeats}\n")
+          f"{args.iters} iterations; fp32; " + ("one forward per case, peak memory only\n" if args.memory_only
+                                                   else f"median of {args.repeats}\n"))
     print("| points | model | s/clip | frames/s | peak memory GiB | GFLOPs/clip | time vs CoTracker3 |")
     print("|---|---|---|---|---|---|---|")
     for points in args.points:
