@@ -279,3 +279,18 @@ def test_pixels_on_token_centres_sample_their_own_token_in_both_paths() -> None:
         a, _ = dense.sample(feats, points, grid)
         b, _ = windowed.sample(feats, points, grid)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_windowed_equals_dense_in_float32_and_runs_under_bf16() -> None:
+    dense, windowed = (layer.cuda() for layer in _pair(seed=15))
+    tokens, points, vis, image = (x.cuda() if isinstance(x, torch.Tensor) else x
+                                  for x in _clip((37, 37), 14, frames=4, tracks=576, seed=16))
+    with torch.no_grad():
+        assert _update_error(dense, windowed, tokens, points, (37, 37), image, vis) < 1e-5
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            a = dense(tokens, points, (37, 37), image, vis, num_prefix_tokens=1).float() - tokens
+            b = windowed(tokens, points, (37, 37), image, vis, num_prefix_tokens=1).float() - tokens
+    assert torch.isfinite(b).all()
+    assert (a - b).abs().max() <= 0.05 * a.abs().max()  # bf16 rounding, both paths
