@@ -54,6 +54,7 @@ from models.windowed_attention import grid_attends_points, layernorm_logit_bound
 
 ATTENTION_IMPLS = ("windowed", "dense")
 
+
 def pixels_to_grid(points: Tensor, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> Tensor:
     """Map (x, y) pixel coordinates (centres at integers) to token units (token centres at integers).
 
