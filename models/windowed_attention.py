@@ -3,7 +3,7 @@
 Both attentions of a Tracktention layer have logits ``q.k / sqrt(d) - ||p_q - p_k||^2 / (2 sigma^2)``
 between a set of points (tracks) and a token grid. With sigma = 1/2 token the Gaussian term makes
 the softmax local, so each query only needs the keys near it; this module computes the same
-softmax as the dense (points x tokens) attention from tiles of the grid, with memory and compute
+softmax as the dense (points x tokens) attention from local windows, with memory and compute
 proportional to tracks x window instead of tracks x tokens.
 
 The truncation bound (what "the same function" rests on). Let B bound every content logit,
@@ -16,9 +16,10 @@ the attention that falls outside a window W of query j is
     eps_j = sum_{k not in W} w_jk <= sum_{k not in W} exp(l_k - l_c) <= exp(2B) sum_{k not in W} exp(b_k - b_c)
 
 for any key c inside W (b = Gaussian term), and dropping it moves the output by at most
-2 eps_j max|v|. The sigma = 1/2 bias alone is -18 at 3 tokens, but exp(2B) is ~1e5-1e6 here, so
-a 3-token window leaves eps ~ 5e-4: not float32-exact. The radius is therefore chosen per call
-from B (:func:`window_radius`, 4 tokens at initialisation) so that eps <= ``tol`` (1e-7).
+2 eps_j max|v|. The sigma = 1/2 bias alone is -18 at 3 tokens, but exp(2B) is ~1e5-1e6 here:
+a 3-token window can leave ~3e-5 of the mass (B = sqrt(48), a point near a cell corner,
+adversarial logits), not float32-exact. The radius is therefore chosen per call from B
+(:func:`window_radius`, 4 tokens at initialisation) so that the bound is <= ``tol`` (1e-7).
 
 - Sampling (:func:`points_attend_grid`): track queries, grid keys. A track's nearest token c and
   every token within ``radius`` of c (Chebyshev) are in its window. For a token at integer offset
@@ -27,17 +28,18 @@ from B (:func:`window_radius`, 4 tokens at initialisation) so that eps <= ``tol`
   (:func:`excluded_mass_bound`) for every track at once.
 - Splatting (:func:`grid_attends_points`): grid queries, track keys. A grid cell far from every
   track attends to the nearest tracks however far they are, so no fixed window is exact. Each
-  cell takes the tracks within ``radius`` of its tile; the excluded tracks are at least e_j
-  tokens away, so eps_j <= n_tracks exp(B - e_j^2 / (2 sigma^2) - L_j) / S_j with L_j, S_j the
-  max logit and the softmax denominator over the included tracks, checked per cell and head.
-  Cells that fail (far from all tracks) are computed densely over all tracks, a few cells at a
-  time.
+  cell takes the tracks within ``radius`` of its tile; the tracks left out are at least e_j
+  tokens away, so eps_j <= n_tracks exp(2B - e_j^2 / (2 sigma^2) - b_j), b_j the largest Gaussian
+  term among the tracks it took, checked per cell. Cells that fail (far from all tracks) are
+  computed densely over all tracks, a bounded number of (cells x tracks) pairs at a time.
 
-Work is grouped by tiles of ``TILE`` x ``TILE`` grid cells so that it runs as batched matrix
-products: sampling batches the tracks of a tile (up to ``group`` per batch) against the tile's
-tokens plus a ``radius`` margin; splatting batches a tile's cells against the tracks near it (up
-to ``group`` per batch, partial softmaxes merged per tile). Tensors are token-major:
-(frames, length, heads, head_dim).
+Both run as fused attention (``scaled_dot_product_attention`` with the Gaussian term as a float
+mask) on batches: sampling batches the tracks whose nearest tokens lie in the same block of
+token rows (stacked over frames) against those rows widened by ``radius``, every column; the
+key rows of a batch are a view of k and v at a fixed stride (``unfold``), not a copy. Splatting
+batches the ``TILE`` x ``TILE`` cells of a tile against the tracks near it. A batch width is at
+most about twice the mean count; blocks with more tracks take extra passes, tiles with more go
+dense. Tensors are token-major: (frames, length, heads, head_dim).
 """
 
 from __future__ import annotations
