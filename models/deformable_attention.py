@@ -37,33 +37,53 @@ def _check_shapes(memory: Tensor, spatial_shapes: SpatialShapes) -> None:
         )
 
 
-def sample_levels(maps: Tensor, spatial_shapes: SpatialShapes, locations: Tensor) -> Tensor:
-    """Bilinear samples of every head's channels at its own locations.
+_SAMPLE_BUDGET = 1 << 24  # sampled values (floats) per level and query chunk: bounds peak memory
 
-    maps (N, S, M, D) per-head features; locations (N, Q, M, L, P, 2) in [0, 1].
-    Returns (N, M, D, Q, L * P), levels outer and points inner.
-    """
+
+def _level_grids(maps: Tensor, spatial_shapes: SpatialShapes, locations: Tensor) -> tuple[list[Tensor], Tensor]:
+    """Per level (N*M, D, H, W) images of the per-head maps (N, S, M, D), and the sampling grids
+    (N, Q, M, L, P, 2) in grid_sample's [-1, 1] convention."""
     n, _, heads, dim = maps.shape
-    _, queries, _, levels, points, _ = locations.shape
+    levels = locations.shape[3]
     if levels != len(spatial_shapes):
         raise ValueError(f"locations have {levels} levels but {len(spatial_shapes)} spatial shapes were given")
-    grids = 2 * locations - 1
     per_level = maps.split([h * w for h, w in spatial_shapes], dim=1)
-    samples = []
-    for level, (h, w) in enumerate(spatial_shapes):
-        # (N, HW, M, D) -> (N*M, D, H, W); grid (N, Q, M, P, 2) -> (N*M, Q, P, 2)
-        image = per_level[level].flatten(2).transpose(1, 2).reshape(n * heads, dim, h, w)
-        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        samples.append(F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
-    return torch.stack(samples, dim=-2).flatten(-2).view(n, heads, dim, queries, levels * points)
+    images = [lvl.flatten(2).transpose(1, 2).reshape(n * heads, dim, h, w)
+              for lvl, (h, w) in zip(per_level, spatial_shapes)]
+    return images, 2 * locations - 1
+
+
+def _sample(image: Tensor, grids: Tensor, level: int) -> Tensor:
+    """Bilinear samples of one level: image (N*M, D, H, W), grids (N, Q, M, L, P, 2) -> (N*M, D, Q, P)."""
+    grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (N*M, Q, P, 2)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _query_chunks(n: int, heads: int, dim: int, queries: int, points: int) -> list[slice]:
+    """Query ranges whose per-level samples (N*M, D, chunk, P) stay within the sampling budget."""
+    size = max(1, _SAMPLE_BUDGET // max(1, n * heads * dim * points))
+    return [slice(s, s + size) for s in range(0, queries, size)]
 
 
 def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes, locations: Tensor, weights: Tensor) -> Tensor:
-    """Weighted sum of sampled values: value (N, S, M, D), weights (N, Q, M, L, P) -> (N, Q, M * D)."""
+    """Weighted sum of sampled values: value (N, S, M, D), weights (N, Q, M, L, P) -> (N, Q, M * D).
+
+    Reduced one level (and one chunk of queries) at a time, so no (N, M, D, Q, L, P) tensor of
+    samples is ever held: peak memory is one level's samples of one query chunk.
+    """
     n, queries, heads, levels, points = weights.shape
-    sampled = sample_levels(value, spatial_shapes, locations)  # N, M, D, Q, LP
-    w = weights.transpose(1, 2).reshape(n, heads, 1, queries, levels * points)
-    return (sampled * w).sum(-1).flatten(1, 2).transpose(1, 2).contiguous()
+    dim = value.shape[-1]
+    images, grids = _level_grids(value, spatial_shapes, locations)
+    w = weights.permute(0, 2, 1, 3, 4).reshape(n * heads, 1, queries, levels, points)
+    chunks = []
+    for part in _query_chunks(n, heads, dim, queries, points):
+        out = None
+        for level, image in enumerate(images):
+            term = (_sample(image, grids[:, part], level) * w[:, :, part, level]).sum(-1)  # (N*M, D, q)
+            out = term if out is None else out + term
+        chunks.append(out)
+    out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
+    return out.view(n, heads * dim, queries).transpose(1, 2).contiguous()
 
 
 def _ring_offsets_init(linear: nn.Linear, heads: int, levels: int, points: int) -> None:
@@ -151,12 +171,26 @@ class KeyAwareMSDeformAttn(nn.Module):
         n, q, _ = query.shape
         m, levels, points = self.n_heads, self.n_levels, self.n_points
         d = self.d_model // m
-        # keys and values share the sampling locations: sample them together
-        key_value = torch.cat([self.key_proj(memory).view(n, -1, m, d), self.value_proj(memory).view(n, -1, m, d)], -1)
         offsets = self.sampling_offsets(query).view(n, q, m, levels, points, 2)
-        sampled = sample_levels(key_value, spatial_shapes, _locations(reference_xy, offsets, spatial_shapes))
-        keys, values = sampled.split(d, dim=2)  # N, M, D, Q, LP
-        q_heads = self.query_proj(query).view(n, q, m, d).transpose(1, 2)  # N, M, Q, D
-        logits = torch.einsum("nmqd,nmdqk->nmqk", q_heads, keys) / math.sqrt(d)
-        out = torch.einsum("nmqk,nmdqk->nqmd", logits.softmax(-1), values).flatten(2)
+        locations = _locations(reference_xy, offsets, spatial_shapes)
+        key_images, grids = _level_grids(self.key_proj(memory).view(n, -1, m, d), spatial_shapes, locations)
+        value_images, _ = _level_grids(self.value_proj(memory).view(n, -1, m, d), spatial_shapes, locations)
+        q_heads = self.query_proj(query).view(n, q, m, d).transpose(1, 2).reshape(n * m, q, 1, d)
+        # Keys and values share the sampling locations. Both are reduced one level (and one chunk of
+        # queries) at a time: the logits first (they need every level before the softmax), then the
+        # values, so no (N, M, D, Q, L * P) tensor of samples is ever held.
+        chunks_out, chunks_logits = [], []
+        for part in _query_chunks(n, m, d, q, points):
+            qh = q_heads[:, part]  # (N*M, q, 1, D)
+            logits = torch.cat([torch.matmul(qh, _sample(image, grids[:, part], level).permute(0, 2, 1, 3))
+                                for level, image in enumerate(key_images)], dim=-1) / math.sqrt(d)  # (N*M, q, 1, LP)
+            weights = logits.softmax(-1).view(n * m, -1, levels, points)
+            out = None
+            for level, image in enumerate(value_images):
+                term = (_sample(image, grids[:, part], level) * weights[:, None, :, level]).sum(-1)  # (N*M, D, q)
+                out = term if out is None else out + term
+            chunks_out.append(out)
+            chunks_logits.append(logits)
+        out = torch.cat(chunks_out, dim=-1).view(n, m * d, q).transpose(1, 2)  # (N, Q, M*D)
+        logits = torch.cat(chunks_logits, dim=1).view(n, m, q, levels * points)
         return self.output_proj(out), logits.transpose(1, 2).flatten(2), offsets

@@ -154,7 +154,7 @@ class Decoder(nn.Module):
         memory: Tensor,
         spatial_shapes: SpatialShapes,
         temporal_mask: Tensor,
-        spatial_mask: Tensor,
+        tracked: Tensor,
         window: int,
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """content (B*W, N, C); reference (B*W, N, 4) boxes in [0, 1]; update_mask (B*W, N, 1).
@@ -168,7 +168,7 @@ class Decoder(nn.Module):
             if layer_id > 0:
                 output = output + self.query_updater(torch.cat([output, initial], dim=-1))
             output, reference, delta_xy = layer(
-                output, query_pos, reference, update_mask, memory, spatial_shapes, temporal_mask, spatial_mask, window
+                output, query_pos, reference, update_mask, memory, spatial_shapes, temporal_mask, tracked, window
             )
             fused = self.ca_update_fuser(torch.cat([output, sine_embed_position(delta_xy, self.pe_temperature)], -1))
             delta = self.bbox_embed[layer_id](fused) * update_mask
@@ -401,14 +401,12 @@ class TaptrV2(nn.Module):
         # frames where a point is tracked and frames where it is not yet tracked do not attend to each other
         temporal_mask = tracking[..., :, None] != tracking[..., None, :]  # B, N, W, W
         temporal_mask = temporal_mask[:, :, None].expand(-1, -1, heads, -1, -1).reshape(-1, window, window)
-        by_frame = tracking.transpose(1, 2)  # B, W, N
-        spatial_mask = by_frame[..., :, None] != by_frame[..., None, :]  # B, W, N, N
-        spatial_mask = spatial_mask[:, :, None].expand(-1, -1, heads, -1, -1).reshape(-1, num_points, num_points)
+        tracked = tracking.transpose(1, 2).reshape(batch * window, num_points)  # spatial attention groups
         mask = updating.transpose(1, 2).reshape(batch * window, num_points, 1).to(features.dtype)
 
         fused, deltas, apu_positions = self.transformer.decoder(
             features.flatten(0, 1), boxes.flatten(0, 1).sigmoid(), mask, memory, shapes,
-            temporal_mask, spatial_mask, window,
+            temporal_mask, tracked, window,
         )
         unflat = lambda x: x.view(batch, window, num_points, x.shape[-1])  # noqa: E731
         apu_logits = [inverse_sigmoid(p) for p in apu_positions]

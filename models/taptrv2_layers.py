@@ -86,6 +86,35 @@ def relu_mlp(*dims: int, final_relu: bool = False) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
+def grouped_self_attention(attn: nn.MultiheadAttention, qk: Tensor, value: Tensor, groups: Tensor) -> Tensor:
+    """``attn(qk, qk, value)`` (sequence-first (L, B, E)) where a token attends only to tokens of its
+    own group, groups (B, L) bool.
+
+    The same function as ``attn`` with the (B * heads, L, L) mask ``groups_i != groups_j``, without
+    holding that mask: two passes whose key masks (B, 1, 1, L) keep one group each, merged per query
+    (one unmasked pass when no batch element holds both groups).
+    """
+    mixed = groups.any(1) & ~groups.all(1)
+    if not bool(mixed.any()):
+        return attn(qk, qk, value, need_weights=False)[0]
+    L, B, E = qk.shape
+    heads = attn.num_heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+
+    def split(x: Tensor) -> Tensor:  # (L, B, E) -> (B, heads, L, E / heads)
+        return x.view(L, B, heads, E // heads).permute(1, 2, 0, 3)
+
+    q, k, v = split(F.linear(qk, w_q, b_q)), split(F.linear(qk, w_k, b_k)), split(F.linear(value, w_v, b_v))
+    out = None
+    for keep in (groups, ~groups):
+        keys = keep | ~keep.any(1, keepdim=True)  # an empty group keeps every key (its queries are unused)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :])
+        out = o if out is None else torch.where(groups[:, None, :, None], out, o)
+    out = out.permute(2, 0, 1, 3).reshape(L * B, E)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias).view(L, B, E)
+
+
 class EncoderLayer(nn.Module):
     """Deformable self-attention over all levels + FFN, post-norm."""
 
@@ -99,7 +128,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, src: Tensor, pos: Tensor, reference_xy: Tensor, spatial_shapes: SpatialShapes) -> Tensor:
         src = self.norm1(src + self.self_attn(src + pos, reference_xy, src, spatial_shapes))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
 class Encoder(nn.Module):
@@ -171,10 +200,12 @@ class DecoderLayer(nn.Module):
         memory: Tensor,
         spatial_shapes: SpatialShapes,
         temporal_mask: Tensor,
-        spatial_mask: Tensor,
+        tracked: Tensor,
         window: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """tgt/query_pos (B*W, N, C); reference (B*W, N, 4) boxes in [0, 1]; update_mask (B*W, N, 1) float.
+        """tgt/query_pos (B*W, N, C); reference (B*W, N, 4) boxes in [0, 1]; update_mask (B*W, N, 1) float;
+        tracked (B*W, N) bool: in spatial self-attention, points tracked and points not yet tracked
+        in a frame do not attend to each other.
 
         Returns (content, reference after APU (frames with update_mask 0 unchanged), masked Δxy).
         """
@@ -201,8 +232,8 @@ class DecoderLayer(nn.Module):
 
         # spatial self-attention: points of one frame attend to each other
         s, q = tgt.transpose(0, 1), (tgt + query_pos).transpose(0, 1)
-        s = self.norm2(s + self.self_attn(q, q, s, attn_mask=spatial_mask, need_weights=False)[0])
+        s = self.norm2(s + grouped_self_attention(self.self_attn, q, s, tracked))
         tgt = s.transpose(0, 1)
 
-        tgt = self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+        tgt = self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt), inplace=True)))
         return tgt, reference, delta_xy

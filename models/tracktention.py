@@ -28,6 +28,12 @@ ConvNet: cell j summarises pixels sj..sj+s-1, centre sj + (s-1)/2 (the align_cor
 convention). Padded convolutions whose cell j is centred on pixel s*j instead are off by
 (s-1)/(2s) < 0.5 token, below sigma.
 
+Cost. Sampling and splatting are (tracks x tokens) attentions; with sigma = 1/2 token their
+softmax is local, and by default (``attention="windowed"``) they are computed on local windows of
+the grid, the same function to float32 rounding with memory bounded by tracks x window
+(models/windowed_attention.py states and checks the truncation bound). ``attention="dense"``
+computes every pair: the reference, and the only path that returns attention weights.
+
 Extra tokens: a ViT's cls / register tokens come first in the token sequence; pass
 ``num_prefix_tokens`` and they are returned unchanged (the caller may equally split them off with
 ``x[:, :P]`` / ``x[:, P:]`` and concatenate them back).
@@ -43,6 +49,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from models.windowed_attention import grid_attends_points, layernorm_logit_bound, points_attend_grid, window_radius
+
+ATTENTION_IMPLS = ("windowed", "dense")
 
 
 def pixels_to_grid(points: Tensor, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> Tensor:
@@ -152,9 +162,13 @@ class PositionQueryAttention(nn.Module):
         rope_base: float,
         project_norm: bool,
         frame_chunk: int | None,
+        grid_queries: bool,
+        attention: str,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.grid_queries = grid_queries  # splatting (grid-cell queries) vs sampling (grid keys)
+        self.attention = attention
         self.head_dim = dim // num_heads
         self.sigma = sigma
         self.rope = rope
@@ -169,7 +183,7 @@ class PositionQueryAttention(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim)
 
     def _heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (N, heads, L, d)
+        return x.unflatten(-1, (self.num_heads, self.head_dim))  # (N, L, heads, d), token-major
 
     def _attend(
         self,
@@ -180,16 +194,19 @@ class PositionQueryAttention(nn.Module):
         grid_hw: tuple[int, int],
         return_weights: bool,
     ) -> tuple[Tensor, Tensor | None]:
-        n = content.shape[0]
         value = self.project(content)
         # A position shared by all frames (the grid) is tokenised once and broadcast.
         q = self.q_norm(self._heads(self.q(self.tokenise(query_pos, grid_hw))))
         k = self.k_norm(self._heads(self.k(value)))
         v = self._heads(value)
         if self.rope:
-            q = rope_2d(q, query_pos, self.rope_base)
-            k = rope_2d(k, content_pos, self.rope_base)
-        q, k = q.to(v.dtype).expand(n, -1, -1, -1), k.to(v.dtype)  # LayerNorm runs in float32 under autocast
+            q = rope_2d(q.transpose(1, 2), query_pos, self.rope_base).transpose(1, 2)
+            k = rope_2d(k.transpose(1, 2), content_pos, self.rope_base).transpose(1, 2)
+        q, k = q.to(v.dtype), k.to(v.dtype)  # LayerNorm runs in float32 under autocast
+        if self.attention == "windowed" and not return_weights:
+            return self._attend_windowed(q, k, v, query_pos, content_pos, key_valid, grid_hw), None
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (N, heads, L, d)
+        q = q.expand(content.shape[0], -1, -1, -1)
         bias = gaussian_bias(query_pos, content_pos, self.sigma)  # (N, Q, K), float32
         if key_valid is not None:
             bias = bias.masked_fill(~key_valid[:, None, :], float("-inf"))
@@ -201,6 +218,19 @@ class PositionQueryAttention(nn.Module):
             weights = None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return out.transpose(1, 2).flatten(-2), weights
+
+    def _attend_windowed(
+        self, q: Tensor, k: Tensor, v: Tensor, query_pos: Tensor, content_pos: Tensor, key_valid: Tensor | None,
+        grid_hw: tuple[int, int],
+    ) -> Tensor:
+        """The same function on local windows (models/windowed_attention.py); (N, L, heads, d) in."""
+        bound = layernorm_logit_bound(self.q_norm, self.k_norm)
+        radius = window_radius(bound, self.sigma)
+        if self.grid_queries:
+            out, _ = grid_attends_points(q, k, v, content_pos, key_valid, grid_hw, self.sigma, radius, bound)
+        else:
+            out = points_attend_grid(q, k, v, query_pos, grid_hw, self.sigma, radius)
+        return out.flatten(-2)
 
     def forward(
         self,
@@ -295,8 +325,12 @@ class Tracktention(nn.Module):
         num_freqs: Fourier frequencies of the position tokeniser.
         rope: also rotate sampling/splatting queries and keys by their 2-D positions.
         rope_base: RoPE frequency base (100 per the unverified paper note).
-        frame_chunk: frames per sampling/splatting attention call (None = all at once); the
-            (tracks x tokens) attention of a whole clip may not fit in memory.
+        frame_chunk: frames per sampling/splatting attention call (None = all at once); bounds
+            the memory of the dense attention, which holds (tracks x tokens) weights per frame.
+        attention: how sampling and splatting are computed, both the same function:
+            "windowed" (default) on local windows of the grid, exact to float32 rounding, memory
+            and time proportional to tracks x window (models/windowed_attention.py); "dense" over
+            every (track, token) pair, the reference (and the only one that returns weights).
     """
 
     def __init__(
@@ -312,9 +346,12 @@ class Tracktention(nn.Module):
         rope: bool = False,
         rope_base: float = 100.0,
         frame_chunk: int | None = None,
+        attention: str = "windowed",
     ) -> None:
         super().__init__()
         inner_dim = dim if inner_dim is None else inner_dim
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
         if inner_dim % num_heads or (inner_dim // num_heads) % 2:
             raise ValueError(f"inner_dim {inner_dim} must be divisible by num_heads {num_heads} with an even head width")
         if rope and (inner_dim // num_heads) % 4:
@@ -327,11 +364,11 @@ class Tracktention(nn.Module):
         self.inner_dim = inner_dim
         self.mask_invisible = mask_invisible
         attn_kw = dict(num_heads=num_heads, sigma=sigma, num_freqs=num_freqs, rope=rope, rope_base=rope_base,
-                       frame_chunk=frame_chunk)
-        self.sampling = PositionQueryAttention(dim, inner_dim, project_norm=True, **attn_kw)
+                       frame_chunk=frame_chunk, attention=attention)
+        self.sampling = PositionQueryAttention(dim, inner_dim, project_norm=True, grid_queries=False, **attn_kw)
         self.track_transformer = TrackTransformer(inner_dim, num_heads, track_transformer_layers, mlp_ratio)
         # Track tokens leave the transformer LayerNorm-ed, so splatting's Project needs no norm.
-        self.splatting = PositionQueryAttention(inner_dim, inner_dim, project_norm=False, **attn_kw)
+        self.splatting = PositionQueryAttention(inner_dim, inner_dim, project_norm=False, grid_queries=True, **attn_kw)
         self.out_proj = nn.Linear(inner_dim, dim)
         nn.init.zeros_(self.out_proj.weight)  # the layer starts as the identity: fine-tuning starts from the image model
         nn.init.zeros_(self.out_proj.bias)
@@ -419,6 +456,15 @@ class Tracktention(nn.Module):
         return out.transpose(-1, -2).unflatten(-1, (h, w))
 
 
+def set_attention(module: nn.Module, attention: str) -> None:
+    """Switch every Tracktention layer inside ``module`` to the ``attention`` implementation (same weights)."""
+    if attention not in ATTENTION_IMPLS:
+        raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
+    for m in module.modules():
+        if isinstance(m, PositionQueryAttention):
+            m.attention = attention
+
+
 @dataclass
 class TracktentionLayerConfig:
     """Hyper-parameters every Tracktention layer of a video model shares (configs extend it with placement)."""
@@ -429,11 +475,13 @@ class TracktentionLayerConfig:
     mask_invisible: bool = True
     rope: bool = False
     frame_chunk: Optional[int] = None
+    attention: str = "windowed"  # "windowed" | "dense": the same function (see Tracktention)
 
     def layer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`Tracktention` (and :class:`TracktentionSet`)."""
         return dict(num_heads=self.num_heads, sigma=self.sigma, track_transformer_layers=self.track_transformer_layers,
-                    mask_invisible=self.mask_invisible, rope=self.rope, frame_chunk=self.frame_chunk)
+                    mask_invisible=self.mask_invisible, rope=self.rope, frame_chunk=self.frame_chunk,
+                    attention=self.attention)
 
 
 class TracktentionSet(nn.Module):

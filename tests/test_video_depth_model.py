@@ -112,3 +112,31 @@ def test_load_image_weights_from_official_layout_and_stage1_checkpoint(tmp_path)
     torch.save({"state_dict": {"model.image.pretrained.cls_token": image.pretrained.cls_token}}, broken)
     with pytest.raises(CheckpointMismatchError, match="missing"):
         model.load_image_weights(broken)
+
+
+def test_checkpoint_of_the_dense_attention_loads_and_gives_the_same_outputs_windowed(tmp_path):
+    """Both Tracktention attention implementations compute one function with the same weights: a
+    model saved with the dense path (before the windowed one existed) loads strictly into the
+    default (windowed) model, and a config without the key gets the default."""
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    dense = VideoDepthAnything(tiny_config(attention="dense")).eval()
+    with torch.no_grad():
+        for layer in dense.tracktention.layers.values():
+            layer.out_proj.weight.normal_(0, 0.5)
+            layer.out_proj.bias.normal_(0, 0.5)
+    torch.save(dense.state_dict(), tmp_path / "dense.pth")
+    old_config = OmegaConf.to_container(OmegaConf.structured(tiny_config(attention="dense")))
+    del old_config["tracktention"]["attention"]  # a config written before the key existed
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(VideoDepthConfig), old_config))
+    assert config.tracktention.attention == "windowed"
+    windowed = VideoDepthAnything(config).eval()
+    windowed.load_state_dict(torch.load(tmp_path / "dense.pth", weights_only=True), strict=True)
+    video, tracks, visible = clip(H=56, W=56, M=40)
+    tracks[:, :, :5] = torch.tensor([[-30.0, 10.0], [0.0, 0.0], [55.0, 55.0], [70.0, 20.0], [27.5, 27.5]])
+    with torch.no_grad():
+        image = dense.forward_image(video)
+        a, b = dense(video, tracks, visible) - image, windowed(video, tracks, visible) - image
+    assert a.abs().max() > 1e-3  # the layers are live
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()

@@ -11,6 +11,7 @@ is its own: on CUDA `torch.cuda.max_memory_allocated`, on CPU the process's peak
     python tools/bench_taptrv2.py                              # published: 24 frames, 512x512, 800 / 5000 points
     python tools/bench_taptrv2.py --frames 16 --size 256 --taptr-resolution 256 256 \\
         --cotracker-resolution 256 256 --repeats 1             # reduced, for CPUs
+    python tools/bench_taptrv2.py ... --memory-only            # peak memory only (one forward per case)
 
 The paper (Appendix A.2, A100): TAPTRv2 69.1 FPS / 143.4 GFLOPs at 800 points, 14.6 FPS / 354.2
 GFLOPs at 5000 points.
@@ -67,11 +68,11 @@ def run_case(args: argparse.Namespace) -> dict[str, float]:
             torch.cuda.synchronize()
 
     with torch.no_grad():
-        once()  # warm-up
+        once()  # warm-up (with --memory-only the one forward measured)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = []
-        for _ in range(args.repeats):
+        for _ in range(0 if args.memory_only else args.repeats):
             start = time.perf_counter()
             once()
             times.append(time.perf_counter() - start)
@@ -79,6 +80,8 @@ def run_case(args: argparse.Namespace) -> dict[str, float]:
             peak = torch.cuda.max_memory_allocated() / 2**30
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        if args.memory_only:
+            return {"seconds": None, "peak_gib": peak, "gflops": None}
         with FlopCounterMode(display=False) as counter:
             forward(video, queries)
     return {"seconds": statistics.median(times), "peak_gib": peak, "gflops": counter.get_total_flops() / 1e9}
@@ -95,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="one forward per case: peak memory, no time or FLOPs")
+    parser.add_argument("--models", nargs="+", default=["cotracker3", "taptrv2"], choices=["cotracker3", "taptrv2"])
     parser.add_argument("--model", choices=["taptrv2", "cotracker3"], help=argparse.SUPPRESS)  # one case
     args = parser.parse_args(argv)
     if args.threads:
@@ -105,12 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device}; clip {args.frames} x {args.size}x{args.size}; TAPTRv2 at "
           f"{tuple(args.taptr_resolution)}, CoTracker3 offline at {tuple(args.cotracker_resolution)} with "
-          f"{args.iters} iterations; fp32; median of {args.repeats}\n")
+          f"{args.iters} iterations; fp32; " + ("one forward per case, peak memory only\n" if args.memory_only
+                                                   else f"median of {args.repeats}\n"))
     print("| points | model | s/clip | frames/s | peak memory GiB | GFLOPs/clip | time vs CoTracker3 |")
     print("|---|---|---|---|---|---|---|")
     for points in args.points:
         rows = {}
-        for model in ("cotracker3", "taptrv2"):
+        for model in args.models:
             child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--model", model,
                      "--points", str(points)]
             done = subprocess.run(child, capture_output=True, text=True)
@@ -122,6 +129,10 @@ def main(argv: list[str] | None = None) -> None:
         base = rows.get("cotracker3")
         for model, r in rows.items():
             if r is None:
+                continue
+            if r["seconds"] is None:  # --memory-only
+                ratio = f"{r['peak_gib'] / base['peak_gib']:.2f}x memory" if base else "n/a"
+                print(f"| {points} | {model} | - | - | {r['peak_gib']:.2f} | - | {ratio} |", flush=True)
                 continue
             ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "n/a"
             print(f"| {points} | {model} | {r['seconds']:.2f} | {args.frames / r['seconds']:.2f} | "
