@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import math
+import pickle
 import random
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 import train
 from configs.loader import load_config, override_args
-from datamodules.synthetic import SyntheticConfig
+from datamodules.synthetic import SyntheticConfig, generate_clip
+from models.cotracker3 import CoTrackerThree
 from tests.conftest import write_clips
 from tests.tiny_run import TINY_MODEL
 
@@ -50,6 +52,13 @@ SHRINK = {
                      "data.synthetic.width=32", "data.synthetic.num_frames=8", "data.synthetic.num_tracks=32",
                      "data.synthetic.clips_per_shard=1"] + SMALL_DATA,
 }
+# The pseudo-label sweep's teachers are the tiny CoTracker3 (the experiment's are full size), read from
+# $COTRACKER3_CKPT_DIR like the student's start (official_weights below).
+TINY_ARCH = "{" + ", ".join(a[len("model.arch."):].replace("=", ": ") for a in TINY_MODEL if a.startswith("model.arch.")) + "}"
+SHRINK["cotracker3_pseudolabel"] = TINY_MODEL + ["data.crop_hw=null", "data.num_workers=0", "data.shuffle_buffer=2"] + [
+    "model.teachers=[" + ", ".join(
+        f"{{checkpoint: '${{oc.env:COTRACKER3_CKPT_DIR}}/baseline_{v}.pth', kind: cotracker3_{v}, weight: 1, "
+        f"arch: {TINY_ARCH}}}" for v in ("online", "offline")) + "]"]
 ONE_STEP = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true", "trainer.max_steps=1",
             "trainer.val_check_interval=1", "trainer.limit_val_batches=1", "trainer.accumulate_grad_batches=1",
             "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "checkpoint.every_n_steps=1"]
@@ -138,11 +147,20 @@ def config_value(cfg: DictConfig, key: str) -> object:
 
 @pytest.fixture(scope="module")
 def local_data(tmp_path_factory) -> Path:
-    """Shards laid out as $KUBRIC_SHARDS / $VIDEO_DEPTH_SHARDS expect, big enough for every swept value."""
+    """Shards laid out as $KUBRIC_SHARDS / $VIDEO_DEPTH_SHARDS / $REAL_VIDEO_SHARDS expect, big enough for
+    every swept value; a TAP-Vid DAVIS pickle of one clip; tiny "official" CoTracker3 weight files."""
     root = tmp_path_factory.mktemp("sweep_data")
     clips = SyntheticConfig(height=32, width=32, num_frames=LONGEST_SWEPT_CLIP, num_tracks=TEST_CLIP_TRACKS)
     write_clips(root / "train", range(2), per_shard=1, cfg=clips)
     write_clips(root / "val", range(100, 101), per_shard=1, cfg=clips)
+    clip = generate_clip(100, SyntheticConfig(height=32, width=32, num_frames=8, num_tracks=16))
+    davis = {"clip": {"video": clip["frames"], "points": (clip["tracks"] / 32).transpose(1, 0, 2),
+                      "occluded": ~clip["visible"].T}}
+    (root / "tapvid_davis.pkl").write_bytes(pickle.dumps(davis))
+    arch = {k[len("model.arch."):]: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in TINY_MODEL)
+            if k.startswith("model.arch.")}
+    for variant in ("online", "offline"):
+        torch.save(CoTrackerThree(variant=variant, **arch).state_dict(), root / f"baseline_{variant}.pth")
     return root
 
 
@@ -166,10 +184,15 @@ def test_a_drawn_trial_trains_a_step_from_the_agent_command_line(name, local_dat
     assert argv[:3] == ["/usr/bin/env", "python", "train.py"]
     monkeypatch.setenv("KUBRIC_SHARDS", str(local_data))
     monkeypatch.setenv("VIDEO_DEPTH_SHARDS", str(local_data))
+    monkeypatch.setenv("REAL_VIDEO_SHARDS", str(local_data))
+    monkeypatch.setenv("TAPVID_DAVIS", str(local_data / "tapvid_davis.pkl"))
+    monkeypatch.setenv("COTRACKER3_CKPT_DIR", str(local_data))
     # What `wandb agent` puts in the environment of each trial.
     monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
     monkeypatch.setenv("WANDB_RUN_ID", "trial7")
-    extra = SHRINK[name] + ONE_STEP + [f"run_dir={tmp_path / 'run'}", f"data.synthetic.cache_dir={tmp_path / 'cache'}"]
+    extra = SHRINK[name] + ONE_STEP + [f"run_dir={tmp_path / 'run'}"]
+    if name != "cotracker3_pseudolabel":  # real-video shards: its data kind has no synthetic section
+        extra.append(f"data.synthetic.cache_dir={tmp_path / 'cache'}")
     _weights_for(sweep, override_args(argv[3:], extra), tmp_path, monkeypatch)
 
     trainer = train.run(override_args(argv[3:], extra))
