@@ -62,10 +62,7 @@ class Sizes:
     demo: list[str]  # train.py overrides added to the demo's
     demo_overhead_s: float  # the demo's start-up, data generation and last validation, outside max_time
     demo_max_train_s: float | None  # cap on the demo's training time (None: all the part's time)
-    latency: list[str]  # tools/bench_video_depth.py arguments besides --device/--dtype/--quick
-    # Arguments for the current bench_video_depth.py CLI (no --device/--dtype/--quick; float32 on the
-    # GPU if there is one), run when the new flags are refused; None: no fallback.
-    latency_fallback: list[str] | None
+    latency: list[str]  # tools/bench_video_depth.py arguments besides --device/--dtype
     bench: list[str]  # tools/bench_train_step.py arguments
     bench_case_timeout_s: float
     shares: dict[str, float] = field(default_factory=lambda: {
@@ -79,8 +76,8 @@ GPU = Sizes(
           "data.num_workers=4", "checkpoint.every_n_steps=1000"],
     demo_overhead_s=90.0,  # imports, its 416 synthetic clips (0.1-0.2 s each on a CPU core), last validation
     demo_max_train_s=None,
-    latency=["--size", "518", "--frames", "16", "--tracks", "576", "--encoders", "vits", "vitb"],
-    latency_fallback=["--repeats", "3", "--queries", "64"],
+    # 518x518, 16 frames, ViT-S and ViT-B, forward and training step, memory; windowed and dense attention.
+    latency=["--quick", "--tracks", "576", "2048"],
     # Compiled cases run last and in this order, the quickest to compile (by guess) first.
     # One family's fp32 and bf16 after another, the main families first: a spent budget leaves complete
     # ratios. Compilation is covered by the GPU tests (a compiled bf16 run), not timed here.
@@ -100,8 +97,7 @@ CPU = Sizes(
     demo=["trainer.accelerator=cpu", *TINY_TAPTR, *TINY_TRACKING_DATA, "trainer.val_check_interval=100000"],
     demo_overhead_s=20.0,
     demo_max_train_s=4.0,
-    latency=["--size", "28", "--frames", "2", "--tracks", "4", "--encoders", "vits"],
-    latency_fallback=None,  # the current CLI has no tiny model: minutes on a CPU
+    latency=["--tiny", "--size", "28", "--frames", "2", "--tracks", "4", "--encoders", "vits", "--repeats", "1"],
     bench=["--model-size", "tiny", "--families", "taptrv2", "--variants", "fp32", "bf16", "--warmup", "1",
            "--steps", "1", "--device", "cpu", "--threads", "1",
            *[f"--override={o}" for o in TINY_TAPTR + ["data.clip_len=8", "data.synthetic.height=32",
@@ -319,25 +315,12 @@ def taptrv2_demo(ctx: Context, timeout: float) -> dict[str, Any]:
 
 
 def tracktention_latency(ctx: Context, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    cmd = ctx.python("tools/bench_video_depth.py", "--device", ctx.sizes.device, "--dtype", "bf16", "--quick",
-                     *ctx.sizes.latency)
+    cmd = ctx.python("tools/bench_video_depth.py", "--device", ctx.sizes.device, "--dtype", "bf16", *ctx.sizes.latency)
     done = run_logged(ctx.rec, "tracktention_latency", cmd, timeout, ctx.env)
     found = {"command": cmd, "tables": markdown_tables(done.text)}  # a stopped run keeps its finished rows
     if done.returncode == 0:
         return {"status": "ok", **found, "output_tail": done.tail()}
-    result = {**failure(done, "bench_video_depth.py"), **found}
-    if done.returncode == 2 and "unrecognized arguments" in done.text:
-        result["reason"] = ("tools/bench_video_depth.py does not take --device/--dtype/--quick yet (issue 18's "
-                            "rewrite is not merged)")
-        left = deadline - time.monotonic()
-        if ctx.sizes.latency_fallback is not None and left >= MIN_PART_S / 3:
-            result["reason"] += "; 'fallback' holds the current CLI's float32 figures"
-            fallback = ctx.python("tools/bench_video_depth.py", *ctx.sizes.latency, *ctx.sizes.latency_fallback)
-            old = run_logged(ctx.rec, "tracktention_latency", fallback, left, ctx.env)
-            result["fallback"] = {"command": fallback, "returncode": old.returncode,
-                                  "tables": markdown_tables(old.text), "output_tail": old.tail()}
-    return result
+    return {**failure(done, "bench_video_depth.py"), **found}
 
 
 def train_step_bench(ctx: Context, timeout: float) -> dict[str, Any]:
@@ -368,11 +351,10 @@ def summary_line(part: str, r: dict[str, Any]) -> str:
         return (f"step {f['step']:.0f}: val AJ {f['aj']:.4f} vs zero-motion {f['zero_motion_aj']:.4f}, "
                 f"delta_avg {f['delta_avg']:.4f} vs {f['zero_motion_delta_avg']:.4f}")
     if part == "tracktention_latency":
-        tables = r.get("tables") or r.get("fallback", {}).get("tables") or []
-        cells = [f"{row.get('encoder', '?')} {row.get('tracks', '?')}: {value}" for table in tables for row in table
-                 for key, value in row.items() if "overhead" in key.lower() and "flop" not in key.lower()]
+        cells = [f"{row.get('encoder', '?')} {row.get('tracks', '?')}: {value}" for table in r.get("tables") or []
+                 for row in table for key, value in row.items() if "overhead" in key.lower() and "flop" not in key.lower()]
         if cells:
-            return ("fallback, float32: " if "fallback" in r else "") + "; ".join(cells)
+            return "; ".join(cells)
     if part == "train_step_bench" and "rows" in r:
         return f"{r['measured']} cases measured, {len(r['failed_cases'])} failed, {len(r['skipped_cases'])} skipped for time"
     return r["reason"].splitlines()[0][:120] if r.get("reason") else ""
