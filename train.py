@@ -41,12 +41,32 @@ from callbacks.run_metadata import (IncompatibleCheckpointError, RunMetadata, ch
 from callbacks.signals import INTERRUPTED_EXIT_CODE, CheckpointOnSignal
 from callbacks.startup_report import StartupReport
 from callbacks.throughput import MetricsProgressBar, ThroughputMonitor
+from configs import loader
 from configs.loader import ConfigError, compose, parse_command_line
 from configs.usage import usage_text
 from datamodules.errors import DataFormatError
+from datamodules.registry import DataKind, load_data_kinds
+from lightning_modules.registry import Family, load_families
 from models.checkpoint_io import CheckpointMismatchError, CheckpointReadError, load_checkpoint_file
 
 log = logging.getLogger("tracklight")
+
+
+def registries() -> tuple[dict[str, Family], dict[str, DataKind]]:
+    """The registered model families and data kinds (imports their modules)."""
+    return load_families(), load_data_kinds()
+
+
+def section_classes() -> dict[str, dict[str, type]]:
+    """`families=` / `data_kinds=` for configs.loader: each name's section dataclass."""
+    families, kinds = registries()
+    return {"families": {name: f.config for name, f in families.items()},
+            "data_kinds": {name: k.config for name, k in kinds.items()}}
+
+
+def load_config(argv: list[str], config_dir: Path = loader.CONFIG_DIR) -> tuple[str, DictConfig]:
+    """(command, resolved config) of a train.py command line, with every registered family and data kind."""
+    return loader.load_config(argv, **section_classes(), config_dir=config_dir)
 
 
 def resolve_precision(precision: str) -> str:
@@ -206,16 +226,12 @@ def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    from datamodules.registry import DATAMODULE_FACTORIES
-
-    return DATAMODULE_FACTORIES[cfg.data.kind](cfg)
+    return load_data_kinds()[cfg.data.kind].factory(cfg)
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    from lightning_modules.registry import FAMILY_MODULES
-
     try:
-        module = FAMILY_MODULES[cfg.model.family](cfg)
+        module = load_families()[cfg.model.family].module(cfg)
     except (FileNotFoundError, CheckpointMismatchError) as err:  # weights named by model.* keys (init_from, ...)
         raise ConfigError(f"model weights: {err}") from None
     if cfg.trainer.channels_last:  # before compile, so the compiled graph sees channels-last weights
@@ -360,10 +376,10 @@ def print_config(cfg: DictConfig) -> DictConfig:
 def run(argv: list[str]) -> object:
     cli = parse_command_line(argv)
     if cli.command == "help":
-        print(usage_text())
+        print(usage_text(**section_classes()))
         return None
     command = cli.command
-    cfg = compose(cli, require_complete=command != "print_config")
+    cfg = compose(cli, **section_classes(), require_complete=command != "print_config")
     if command == "print_config":
         return print_config(cfg)
     place_sweep_run(cfg)

@@ -91,22 +91,18 @@ def check_point_budget(num_points: int, bytes_per_point: int, device: torch.devi
 
 
 # ---------------------------------------------------------------------- checkpoints
-def _typed_config(hparams: dict) -> DictConfig:
+def _typed_config(saved: dict) -> DictConfig:
     """The run's saved config, checked against the schema of its model family and data kind."""
-    from configs.schema import DATA_KINDS, MODEL_FAMILIES, RootConfig
-    from datamodules.registry import load_datamodules
+    from configs.loader import typed_config
+    from datamodules.registry import load_data_kinds
     from lightning_modules.registry import load_families
 
-    load_families()
-    load_datamodules()
-    family, kind = hparams["model"].get("family"), hparams.get("data", {}).get("kind")
-    if family not in MODEL_FAMILIES or kind not in DATA_KINDS:
+    families, kinds = load_families(), load_data_kinds()
+    family, kind = saved["model"].get("family"), saved.get("data", {}).get("kind")
+    if family not in families or kind not in kinds:
         raise PredictError(f"checkpoint config names model.family={family!r}, data.kind={kind!r}; "
-                           f"known families {sorted(MODEL_FAMILIES)}")
-    schema = OmegaConf.structured(RootConfig)
-    schema.model = OmegaConf.structured(MODEL_FAMILIES[family])
-    schema.data = OmegaConf.structured(DATA_KINDS[kind])
-    return OmegaConf.merge(schema, hparams)
+                           f"known families {sorted(families)}")
+    return typed_config(saved, {family: families[family].config}, {kind: kinds[kind].config})
 
 
 def load_module(path: str | Path, families: tuple[str, ...]) -> tuple[L.LightningModule, DictConfig]:
@@ -115,7 +111,7 @@ def load_module(path: str | Path, families: tuple[str, ...]) -> tuple[L.Lightnin
     Weight files the run started from (``init_from``, ``backbone_weights``, the video-depth
     on-the-fly tracker) are not read again: the checkpoint holds the trained weights.
     """
-    from lightning_modules.registry import FAMILY_MODULES
+    from lightning_modules.registry import load_families
 
     path = Path(path)
     try:
@@ -136,7 +132,7 @@ def load_module(path: str | Path, families: tuple[str, ...]) -> tuple[L.Lightnin
             build_cfg.model[key] = None
     if "tracker" in build_cfg.model:
         build_cfg.model.tracker.checkpoint = None
-    module = FAMILY_MODULES[family](build_cfg)
+    module = load_families()[family].module(build_cfg)
     load_strict(module, ckpt["state_dict"], what="checkpoint")
     return module.eval(), cfg
 

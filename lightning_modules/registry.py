@@ -1,8 +1,9 @@
-"""Model families: name -> LightningModule class, with their config dataclass in the schema.
+"""Model families: `model.family` name -> (LightningModule class, model-section config dataclass).
 
 A family registers itself with `@register_family(name, ConfigDataclass)` in its own module
 under `lightning_modules/`; `load_families()` imports every module of the package, so adding
-a family never means editing a central list.
+a family never means editing a central list. The entry points (train.py, tools/predict.py) hand
+the config classes to `configs.loader`, which imports nothing from here.
 """
 
 from __future__ import annotations
@@ -10,26 +11,30 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
+from typing import NamedTuple
 
-from configs.schema import register_model_family
 
-FAMILY_MODULES: dict[str, type] = {}
+class Family(NamedTuple):
+    module: type  # the LightningModule, built from the family's model config alone
+    config: type  # the dataclass of the `model` section
+
+
+FAMILIES: dict[str, Family] = {}
 
 
 def register_family(name: str, config_cls: type) -> Callable[[type], type]:
     """Class decorator: make `model.family=name` build this LightningModule from `config_cls`."""
 
     def decorate(module_cls: type) -> type:
-        FAMILY_MODULES[name] = module_cls
-        register_model_family(name, config_cls)
+        FAMILIES[name] = Family(module_cls, config_cls)
         return module_cls
 
     return decorate
 
 
-def load_families() -> dict[str, type]:
+def load_families() -> dict[str, Family]:
     import lightning_modules
 
     for info in pkgutil.iter_modules(lightning_modules.__path__):
         importlib.import_module(f"lightning_modules.{info.name}")
-    return FAMILY_MODULES
+    return FAMILIES

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from configs.loader import load_config
+from train import load_config
 from tests.tiny_run import TINY_MODEL
 from tools.bench_train_step import PRESETS
 

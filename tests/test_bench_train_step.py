@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from configs.loader import load_config
+from train import load_config
 from models.memory_format import has_4d_weights
 from tools import bench_train_step
 from train import build_module

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import train
-from configs.loader import load_config
+from train import load_config
 from lightning_modules.chrono import ChronoLossConfig, ChronoModule, chrono_loss
 from models.checkpoint_io import CheckpointMismatchError
 from models.chrono import (

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 import train
-from configs.loader import load_config
+from train import load_config
 from datamodules.synthetic import SyntheticConfig, render_clip
 from lightning_modules.colorization import arch_config, colorfulness_loss, sample_at_points, track_temporal_loss
 

@@ -1,6 +1,6 @@
 """`trainer.compile=true` compiles the family's network in place, keeping checkpoint keys."""
 
-from configs.loader import load_config
+from train import load_config
 from tests.tiny_run import TINY_MODEL
 from train import build_module
 

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import train
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError
+from train import load_config
 from datamodules.benchmark_videos import BenchmarkVideos, inference_input_size, protocol_video, set_protocols
 from datamodules.depth_benchmarks import NYU_CROP, SCANNET_CROP, benchmark_set
 from datamodules.shards import ShardFormatError, expand_shards

@@ -18,7 +18,7 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from torch.distributed.fsdp import FullyShardedDataParallel
 
 import train
-from configs.loader import load_config
+from train import load_config
 from tests.tiny_run import tiny_run_args
 
 REPO = Path(__file__).resolve().parents[1]

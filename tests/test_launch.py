@@ -16,7 +16,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 import train
 from callbacks.fsdp import FSDPNormClipping, TracklightFSDPStrategy
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError
+from train import load_config
 from tests.tiny_run import tiny_run_args
 
 REPO = Path(__file__).resolve().parents[1]

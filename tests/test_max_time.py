@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import train
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError
+from train import load_config
 from tests.tiny_run import tiny_run_args
 
 

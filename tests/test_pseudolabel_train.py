@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import train
-from configs.loader import load_config, override_args
+from configs.loader import override_args
+from train import load_config
 from datamodules.shard_reader import SkipCounter, iter_shard
 from datamodules.shards import ShardWriter, decode_clip, expand_shards
 from datamodules.synthetic import SyntheticConfig, generate_clip

@@ -20,7 +20,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 import train
-from configs.loader import load_config, override_args
+from configs.loader import override_args
+from train import load_config
 from datamodules.synthetic import SyntheticConfig
 from tests.conftest import write_clips
 from tests.tiny_run import TINY_MODEL

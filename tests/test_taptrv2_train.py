@@ -10,7 +10,7 @@ from omegaconf import open_dict
 
 import train
 from callbacks.ema import ExponentialMovingAverage
-from configs.loader import load_config
+from train import load_config
 from lightning_modules.taptrv2 import TaptrV2Module
 from lightning_modules.taptrv2_loss import TaptrV2LossConfig, taptrv2_loss
 from models.taptrv2 import TaptrV2, TaptrV2Config

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError, override_args
+from train import load_config
 from datamodules.tracking import EvalClips
 from lightning_modules.point_tracking import to_metric_space
 from lightning_modules.tracker import TrackerModule
@@ -10,7 +11,7 @@ from tests.tiny_run import TINY_MODEL
 
 
 def _module(tmp_path, *extra):
-    _, cfg = load_config([*TINY_MODEL, f"run_dir={tmp_path}", *extra])
+    _, cfg = load_config(override_args([*TINY_MODEL, f"run_dir={tmp_path}"], list(extra)))
     return TrackerModule(cfg)
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import train
-from configs.loader import load_config
+from configs.loader import override_args
+from train import load_config
 from lightning_modules.tracker import TrackerModule
 from tests.tiny_run import TINY_MODEL, tiny_run_args
 from tools import convert_kubric
@@ -81,10 +82,10 @@ def test_a_truncated_checkpoint_is_named_with_its_key(tmp_path, truncated, monke
 
 
 def test_a_wrong_checkpoint_lists_every_mismatched_key(tmp_path, monkeypatch, capsys):
-    _, cfg = load_config([*TINY_MODEL, "model.arch.hidden_size=32", "model.arch.num_virtual_tracks=8"])
+    _, cfg = load_config(override_args(TINY_MODEL, ["model.arch.hidden_size=32", "model.arch.num_virtual_tracks=8"]))
     other = TrackerModule(cfg)
     path = tmp_path / "other.ckpt"
-    torch.save({"state_dict": other.state_dict()}, path)
+    torch.save({"state_dict": other.state_dict(), "global_step": 0}, path)
     err = _main(["validate", *_args(tmp_path, ckpt=str(path))], monkeypatch, capsys)
     mine = TrackerModule(load_config(TINY_MODEL)[1]).state_dict()
     differing = [k for k, v in other.state_dict().items() if k not in mine or mine[k].shape != v.shape]

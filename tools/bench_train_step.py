@@ -108,7 +108,8 @@ def family_overrides(family: str, size: str, cache_dir: str, extra: list[str]) -
 
 def load_bench_config(overrides: list[str]) -> Any:
     """The resolved config, with the synthetic clips sized to the config's crop, clip length and batch."""
-    from configs.loader import load_config, override_args
+    from configs.loader import override_args
+    from train import load_config
 
     _, cfg = load_config(overrides)
     d = cfg.data

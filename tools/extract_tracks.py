@@ -169,7 +169,7 @@ def pseudo_label_extractor(train_args: list[str], seed: int) -> L.LightningModul
     """The pseudo-label extractor configured by a training run's arguments (its teachers and sampling)."""
     from omegaconf import OmegaConf
 
-    from configs.loader import load_config
+    from train import load_config
     from lightning_modules.pseudolabel_extraction import PseudoLabelExtractor
     from lightning_modules.pseudolabel_teachers import TeacherSet
 
