@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.point_tracking import PointTrackingModule
-from lightning_modules.registry import register_family
+from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, QUERY_MODE_FROM_DATA, model_config, register_family
 from models.chrono import Chrono, ChronoConfig, ChronoOutput
 from models.dinov2 import load_dinov2
 
@@ -48,6 +48,9 @@ class ChronoModelConfig:
     warmup_pct: float = 0.003  # OneCycle pct_start
     loss: ChronoLossConfig = field(default_factory=ChronoLossConfig)
     max_consecutive_nonfinite: int = 20  # skipped NaN/Inf steps in a row before training stops
+    # From other sections (registry.py): the evaluation data's query mode, the media cadence.
+    query_mode: str = QUERY_MODE_FROM_DATA
+    media_every_n_validations: int = MEDIA_EVERY_FROM_WANDB
 
 
 def chrono_loss(out: ChronoOutput, batch: dict[str, torch.Tensor], w: ChronoLossConfig) -> dict[str, torch.Tensor]:
@@ -101,18 +104,18 @@ def build_chrono(m: DictConfig) -> Chrono:
 
 @register_family("chrono", ChronoModelConfig)
 class ChronoModule(PointTrackingModule):
-    def __init__(self, cfg: DictConfig | dict) -> None:
-        super().__init__(cfg)
-        self.model = build_chrono(self.cfg.model)
-        self.loss_cfg = ChronoLossConfig(**OmegaConf.to_container(self.cfg.model.loss))
+    def __init__(self, cfg: DictConfig | ChronoModelConfig | dict) -> None:
+        super().__init__(model_config(cfg, ChronoModelConfig))
+        self.model = build_chrono(self.cfg)
+        self.loss_cfg = ChronoLossConfig(**OmegaConf.to_container(self.cfg.loss))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model(batch["video"], batch["queries"])
         terms = chrono_loss(out, batch, self.loss_cfg)
-        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.model.max_consecutive_nonfinite)
+        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.max_consecutive_nonfinite)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        m = self.cfg.model
+        m = self.cfg
         # A frozen DINOv2 has requires_grad False, so only adapters + occlusion head are optimised.
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=m.lr, weight_decay=m.weight_decay)

@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from callbacks.console import HeadlineMetric
 from lightning_modules.nonfinite import NonFiniteGuard
-from lightning_modules.registry import register_family
+from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, model_config, register_family
 from lightning_modules.schedules import warmup_cosine
 from lightning_modules.video_evaluation import VideoMetricsEvaluation
 from lightning_modules.video_depth import UnfreezeStage
@@ -67,6 +67,7 @@ class ColorizationModelConfig:
     warmup_pct: float = 0.05
     loss: ColorLossWeights = field(default_factory=ColorLossWeights)
     max_consecutive_nonfinite: int = 20
+    media_every_n_validations: int = MEDIA_EVERY_FROM_WANDB  # from wandb.* (registry.py)
 
 
 def arch_config(model_cfg: DictConfig) -> Any:
@@ -122,12 +123,10 @@ class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModu
                         HeadlineMetric("SSIM ↑", "ssim"), HeadlineMetric("colourfulness", "colorfulness", "colorfulness_gt"))
     headline_baseline = "ground truth"
 
-    def __init__(self, cfg: DictConfig | dict) -> None:
+    def __init__(self, cfg: DictConfig | ColorizationModelConfig | dict) -> None:
+        """`cfg`: the model section (registry.model_config)."""
         super().__init__()
-        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-        self.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
-        self.cfg = cfg
-        m = cfg.model
+        self.cfg = m = model_config(cfg, ColorizationModelConfig)
         image = build_image_colorizer(m.arch, arch_config(m))
         self.model = VideoColorizer(image, OmegaConf.to_object(m.tracktention))
         if m.init_from:
@@ -139,16 +138,16 @@ class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModu
         self.val_metrics = ColorizationMetrics()
         self.media: dict[str, torch.Tensor] | None = None
 
-    def default_callbacks(self) -> list[L.Callback]:
+    def configure_callbacks(self) -> list[L.Callback]:
         from callbacks.colorization_video import ColorizationVideoLogger
         from callbacks.unfreeze import staged_unfreeze_callbacks
 
-        return [ColorizationVideoLogger(self.cfg.wandb.log_media_every_n_validations),
-                *staged_unfreeze_callbacks(self.cfg.model.unfreeze, self.model)]
+        return [ColorizationVideoLogger(self.cfg.media_every_n_validations),
+                *staged_unfreeze_callbacks(self.cfg.unfreeze, self.model)]
 
     def on_fit_start(self) -> None:
         frozen_image = any(not p.requires_grad for p in self.model.image.parameters())
-        if frozen_image and not self.cfg.model.init_from and self.trainer.ckpt_path is None:
+        if frozen_image and not self.cfg.init_from and self.trainer.ckpt_path is None:
             raise ValueError("the image colorizer is frozen (model.freeze) but has no weights: set model.init_from "
                              "to its weights or a stage-1 checkpoint, or model.freeze=[] to train it from scratch")
 
@@ -164,7 +163,7 @@ class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModu
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         lab, ab = self(batch)
         l = lab[:, :, :1]
-        w = self.cfg.model.loss
+        w = self.cfg.loss
         terms = {"l1": (ab - lab[:, :, 1:]).abs().mean()}
         loss = w.l1 * terms["l1"]
         if w.colorfulness:
@@ -178,10 +177,10 @@ class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModu
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         terms = self.loss_terms(batch)
-        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.model.max_consecutive_nonfinite)
+        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.max_consecutive_nonfinite)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        m = self.cfg.model
+        m = self.cfg
         # Every parameter is registered (frozen ones get no gradient and are skipped), so staged
         # unfreezing needs no optimiser surgery.
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=m.lr, weight_decay=m.weight_decay)

@@ -132,7 +132,7 @@ def load_module(path: str | Path, families: tuple[str, ...]) -> tuple[L.Lightnin
             build_cfg.model[key] = None
     if "tracker" in build_cfg.model:
         build_cfg.model.tracker.checkpoint = None
-    module = load_families()[family].module(build_cfg)
+    module = load_families()[family].module(build_cfg.model)
     load_strict(module, ckpt["state_dict"], what="checkpoint")
     return module.eval(), cfg
 

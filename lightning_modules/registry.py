@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from omegaconf import DictConfig, OmegaConf
 
 
 class Family(NamedTuple):
@@ -20,6 +22,21 @@ class Family(NamedTuple):
 
 
 FAMILIES: dict[str, Family] = {}
+
+# A family's model config takes what it needs from other sections by interpolation, with the value a
+# module built from its model config alone uses (no `data` / `wandb` section there).
+QUERY_MODE_FROM_DATA = "${oc.select:data.query_mode,first}"  # TAP-Vid data sets it; training data queries first frames
+MEDIA_EVERY_FROM_WANDB = "${oc.select:wandb.log_media_every_n_validations,1}"
+
+
+def model_config(cfg: Any, config_cls: type) -> DictConfig:
+    """A family's `model` section as a typed DictConfig: a composed config's section as it is, else a
+    dataclass instance or a dict of keys merged over the family's dataclass (its defaults for the rest)."""
+    if isinstance(cfg, DictConfig):
+        if "family" not in cfg and "model" in cfg:
+            raise TypeError("a family's module is built from its model section (cfg.model), not the root config")
+        return cfg
+    return OmegaConf.merge(OmegaConf.structured(config_cls), cfg or {})
 
 
 def register_family(name: str, config_cls: type) -> Callable[[type], type]:

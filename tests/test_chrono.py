@@ -238,7 +238,7 @@ class CaptureTrainingState(L.Callback):
 
 def test_backbone_stays_frozen_and_in_eval_mode_while_adapters_train(tmp_path) -> None:
     _, cfg = load_config([*tiny_chrono_args(tmp_path), "model.freeze_backbone=true"])
-    module = ChronoModule(cfg)
+    module = ChronoModule(cfg.model)
     module.train()
     assert module.model.training and not module.model.dino.training
     dino_before = {k: v.clone() for k, v in module.model.dino.state_dict().items()}

@@ -12,7 +12,7 @@ from tests.tiny_run import TINY_MODEL
 
 def _module(tmp_path, *extra):
     _, cfg = load_config(override_args([*TINY_MODEL, f"run_dir={tmp_path}"], list(extra)))
-    return TrackerModule(cfg)
+    return TrackerModule(cfg.model)
 
 
 def _batch(tiny_shards):

@@ -210,7 +210,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         accelerator=device.type, devices=1, precision=precision,
         max_steps=args.warmup + args.steps, limit_val_batches=0, num_sanity_val_steps=0,
         gradient_clip_val=cfg.trainer.gradient_clip_val, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer, *module.default_callbacks()],
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )
     attention = sdpa_kernel(SDPBackend.MATH) if args.variant == "sdpa_math" else nullcontext()
     with attention:
