@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.pseudolabel_loss import PseudoLabelLossConfig, pseudolabel_loss
+from lightning_modules.cotracker3_pseudolabel_loss import PseudoLabelLossConfig, pseudolabel_loss
 from lightning_modules.pseudolabel_targets import make_pseudo_labels
 from lightning_modules.pseudolabel_teachers import TEACHER_DRAWS, TeacherConfig, TeacherSet
 from lightning_modules.registry import model_config, register_family
-from lightning_modules.tracker import TrackerModelConfig, TrackerModule
+from lightning_modules.cotracker3 import CoTracker3ModelConfig, CoTracker3Module
 from models.keypoint_queries import KeypointQuerySampler, QuerySamplingConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ DATA_KIND = "unlabelled_videos"
 
 
 @dataclass
-class PseudoLabelTrackerConfig(TrackerModelConfig):
+class CoTracker3PseudolabelModelConfig(CoTracker3ModelConfig):
     """The cotracker3 family's settings plus teachers and query sampling; defaults: the reference's
     real-data recipe (lr 5e-5, OneCycle without warm-up, weight decay 1e-5, vis_conf_head frozen)."""
 
@@ -71,10 +71,10 @@ def teacher_generator(draw: str, seed: int, step: int, batch_idx: int, rank: int
     return _generator(seed, step, batch_idx) if draw == "shared" else _generator(seed, step, batch_idx, rank)
 
 
-@register_family("cotracker3_pseudolabel", PseudoLabelTrackerConfig)
-class PseudoLabelTrackerModule(TrackerModule):
-    def __init__(self, cfg: DictConfig | PseudoLabelTrackerConfig | dict) -> None:
-        super().__init__(model_config(cfg, PseudoLabelTrackerConfig))
+@register_family("cotracker3_pseudolabel", CoTracker3PseudolabelModelConfig)
+class CoTracker3PseudolabelModule(CoTracker3Module):
+    def __init__(self, cfg: DictConfig | CoTracker3PseudolabelModelConfig | dict) -> None:
+        super().__init__(model_config(cfg, CoTracker3PseudolabelModelConfig))
         m = self.cfg
         if m.teacher_draw not in TEACHER_DRAWS:
             raise ValueError(f"model.teacher_draw must be one of {TEACHER_DRAWS}, got {m.teacher_draw!r}")

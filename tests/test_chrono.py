@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 import train
 from train import load_config
-from lightning_modules.chrono import ChronoLossConfig, ChronoModule, chrono_loss
+from lightning_modules.chrono import ChronoModule
+from lightning_modules.chrono_loss import ChronoLossConfig, chrono_loss
 from models.checkpoint_io import CheckpointMismatchError
 from models.chrono import (
     Chrono,

@@ -296,11 +296,11 @@ def test_loading_a_config_imports_neither_pyav_nor_wandb():
 
 def test_the_loader_composes_with_the_section_classes_it_is_given():
     from configs.loader import load_config as compose_with
-    from lightning_modules.tracker import TrackerModelConfig
+    from lightning_modules.cotracker3 import CoTracker3ModelConfig
     from datamodules.tracking import TrackingDataConfig
 
-    _, cfg = compose_with([], families={"cotracker3": TrackerModelConfig}, data_kinds={"tracking": TrackingDataConfig})
+    _, cfg = compose_with([], families={"cotracker3": CoTracker3ModelConfig}, data_kinds={"tracking": TrackingDataConfig})
     assert cfg.model.family == "cotracker3" and cfg.data.kind == "tracking"
     with pytest.raises(ConfigError, match=r"unknown model\.family 'chrono'.*choose one of \['cotracker3'\]"):
-        compose_with(["experiment=chrono_tiny_synthetic"], families={"cotracker3": TrackerModelConfig},
+        compose_with(["experiment=chrono_tiny_synthetic"], families={"cotracker3": CoTracker3ModelConfig},
                      data_kinds={"tracking": TrackingDataConfig})

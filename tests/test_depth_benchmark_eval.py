@@ -28,9 +28,9 @@ from datamodules.depth_benchmarks import NYU_CROP, SCANNET_CROP, benchmark_set
 from datamodules.shards import ShardFormatError, expand_shards
 from datamodules.video_files import VideoReader
 from lightning_modules.depth_benchmark_evaluation import video_disparity, window_tracks
-from lightning_modules.predict_video import depth_video
+from tools.predict_video import depth_video
 from metrics.depth_benchmark import VideoDepthBenchmarkMetric
-from models.video_depth import TrackPreprocessor, build_tracker_predictor
+from models.cotracker3_predictor import TrackPreprocessor, build_tracker_predictor
 from models.video_windows import window_ranges
 from tests.convert_fixtures import make_bonn, make_kitti, make_scannet, make_sintel, read_clips, save_rgb
 from tests.test_depth_extract_tracks import TINY_TRACKER

@@ -1,4 +1,4 @@
-"""TAPTRv2 vs the joint tracker (CoTracker3 offline): time, memory and FLOPs per clip, same clip, same run.
+"""TAPTRv2 vs CoTracker3 offline: time, memory and FLOPs per clip, same clip, same run.
 
 Both models have their published sizes and random weights (cost does not depend on the values) and
 track the same queries on the same video; each model resizes the video to its own

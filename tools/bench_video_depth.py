@@ -227,7 +227,7 @@ def bench_tracker(frames: int, size: int, queries: int, resolution: tuple[int, i
                   device: torch.device) -> float:
     from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
     from models.cotracker3_predictor import CoTrackerThreePredictor
-    from models.video_depth import TrackPreprocessor
+    from models.cotracker3_predictor import TrackPreprocessor
 
     torch.manual_seed(0)
     model = CoTrackerThree(CoTrackerThreeConfig(variant="offline", model_resolution=resolution)).to(device).eval()

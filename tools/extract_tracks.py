@@ -44,7 +44,7 @@ from datamodules.clip_sampling import clip_id  # noqa: E402
 from datamodules.shard_reader import SkipCounter, iter_clips  # noqa: E402
 from datamodules.shards import CorruptSampleError, ShardWriter, encode_clip, expand_shards  # noqa: E402
 from models.cotracker3 import CoTrackerThreeConfig  # noqa: E402
-from models.video_depth import TrackPreprocessor, build_tracker_predictor  # noqa: E402
+from models.cotracker3_predictor import TrackPreprocessor, build_tracker_predictor  # noqa: E402
 
 log = logging.getLogger("extract_tracks")
 

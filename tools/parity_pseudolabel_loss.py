@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_modules.pseudolabel_loss import PseudoLabelLossConfig, pseudolabel_loss  # noqa: E402
+from lightning_modules.cotracker3_pseudolabel_loss import PseudoLabelLossConfig, pseudolabel_loss  # noqa: E402
 from lightning_modules.pseudolabel_targets import make_pseudo_labels  # noqa: E402
 from lightning_modules.pseudolabel_teachers import Teacher, TeacherConfig  # noqa: E402
 from models.cotracker3 import CoTrackerThree  # noqa: E402

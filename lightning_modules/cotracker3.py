@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.point_tracking import PointTrackingModule
 from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, QUERY_MODE_FROM_DATA, model_config, register_family
-from lightning_modules.tracker_loss import LossWeights, tracker_loss
+from lightning_modules.cotracker3_loss import LossWeights, cotracker3_loss
 from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
 from models.cotracker3_predictor import CoTrackerThreePredictor
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrackerModelConfig:
+class CoTracker3ModelConfig:
     family: str = "cotracker3"
     arch: CoTrackerThreeConfig = field(default_factory=CoTrackerThreeConfig)
     train_iters: int = 4
@@ -43,10 +43,10 @@ class TrackerModelConfig:
     media_every_n_validations: int = MEDIA_EVERY_FROM_WANDB
 
 
-@register_family("cotracker3", TrackerModelConfig)
-class TrackerModule(PointTrackingModule):
-    def __init__(self, cfg: DictConfig | TrackerModelConfig | dict) -> None:
-        super().__init__(model_config(cfg, TrackerModelConfig))
+@register_family("cotracker3", CoTracker3ModelConfig)
+class CoTracker3Module(PointTrackingModule):
+    def __init__(self, cfg: DictConfig | CoTracker3ModelConfig | dict) -> None:
+        super().__init__(model_config(cfg, CoTracker3ModelConfig))
         m = self.cfg
         self.model = CoTrackerThree(OmegaConf.to_object(m.arch))
         if m.init_from:
@@ -63,7 +63,7 @@ class TrackerModule(PointTrackingModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         windows = self.model.forward_train(batch["video"], batch["queries"], iters=self.cfg.train_iters)
-        terms = tracker_loss([w.__dict__ for w in windows], batch, self.loss_weights,
+        terms = cotracker3_loss([w.__dict__ for w in windows], batch, self.loss_weights,
                              mask_before_query=self.model.config.variant == "online")
         return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.max_consecutive_nonfinite)
 

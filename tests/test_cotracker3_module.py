@@ -5,14 +5,14 @@ from configs.loader import ConfigError, override_args
 from train import load_config
 from datamodules.tracking import EvalClips
 from lightning_modules.point_tracking import to_metric_space
-from lightning_modules.tracker import TrackerModule
+from lightning_modules.cotracker3 import CoTracker3Module
 from models.checkpoint_io import CheckpointMismatchError
 from tests.tiny_run import TINY_MODEL
 
 
 def _module(tmp_path, *extra):
     _, cfg = load_config(override_args([*TINY_MODEL, f"run_dir={tmp_path}"], list(extra)))
-    return TrackerModule(cfg.model)
+    return CoTracker3Module(cfg.model)
 
 
 def _batch(tiny_shards):
