@@ -36,8 +36,12 @@ from callbacks.data_health import DataHealthLogger
 from callbacks.fsdp import TracklightFSDPStrategy
 from callbacks.prediction_writer import NpzPredictionWriter
 from callbacks.run_directory import RunLock, check_writable, newest_checkpoint, refuse_fresh_run_over_checkpoints
-from callbacks.run_metadata import (IncompatibleCheckpointError, RunMetadata, check_checkpoint_matches_model,
-                                   check_resume_compatible)
+from callbacks.run_metadata import (
+    IncompatibleCheckpointError,
+    RunMetadata,
+    check_checkpoint_matches_model,
+    check_resume_compatible,
+)
 from callbacks.signals import INTERRUPTED_EXIT_CODE, CheckpointOnSignal
 from callbacks.startup_report import StartupReport
 from callbacks.throughput import MetricsProgressBar, ThroughputMonitor

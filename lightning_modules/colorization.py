@@ -29,8 +29,8 @@ from lightning_modules.colorization_loss import ColorLossWeights, colorization_l
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, model_config, register_family
 from lightning_modules.schedules import warmup_cosine
-from lightning_modules.video_evaluation import VideoMetricsEvaluation
 from lightning_modules.video_depth import UnfreezeStage
+from lightning_modules.video_evaluation import VideoMetricsEvaluation
 from metrics.colorization import ColorizationMetrics
 from models.color import grey_rgb, l_ab_to_rgb, rgb_to_lab
 from models.colorizer import ConvColorizerConfig

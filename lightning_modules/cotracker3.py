@@ -9,9 +9,9 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_modules.cotracker3_loss import LossWeights, cotracker3_loss
 from lightning_modules.point_tracking import PointTrackingModule
 from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, QUERY_MODE_FROM_DATA, model_config, register_family
-from lightning_modules.cotracker3_loss import LossWeights, cotracker3_loss
 from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
 from models.cotracker3_predictor import CoTrackerThreePredictor
 

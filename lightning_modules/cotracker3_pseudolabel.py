@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_modules.cotracker3 import CoTracker3ModelConfig, CoTracker3Module
 from lightning_modules.cotracker3_pseudolabel_loss import PseudoLabelLossConfig, pseudolabel_loss
 from lightning_modules.pseudolabel_targets import make_pseudo_labels
 from lightning_modules.pseudolabel_teachers import TEACHER_DRAWS, TeacherConfig, TeacherSet
 from lightning_modules.registry import model_config, register_family
-from lightning_modules.cotracker3 import CoTracker3ModelConfig, CoTracker3Module
 from models.keypoint_queries import KeypointQuerySampler, QuerySamplingConfig
 
 log = logging.getLogger(__name__)

@@ -41,8 +41,7 @@ from torch import Tensor
 
 from models.cotracker3 import CoTrackerThree
 from models.cotracker3_predictor import CoTrackerThreePredictor
-from models.track_ops import points_on_grid
-from models.track_ops import random_space_time_queries
+from models.track_ops import points_on_grid, random_space_time_queries
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,15 @@ from callbacks.console import HeadlineMetric
 from configs.loader import ConfigError
 from datamodules.benchmark_videos import DepthBenchmarkDataModule
 from lightning_modules.depth_benchmark_evaluation import DepthBenchmarkRun, tracks_source
-from lightning_modules.video_depth_loss import DepthLossWeights, VideoDepthLoss, reciprocal_where_valid
+from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, model_config, register_family
 from lightning_modules.schedules import warmup_cosine
+from lightning_modules.video_depth_loss import DepthLossWeights, VideoDepthLoss, reciprocal_where_valid
 from lightning_modules.video_evaluation import VideoMetricsEvaluation
-from lightning_modules.nonfinite import NonFiniteGuard
 from metrics.depth import VideoDepthMetrics, aligned_depth
 from models.cotracker3 import CoTrackerThreeConfig
-from models.video_depth import VideoDepthAnything, VideoDepthConfig
 from models.cotracker3_predictor import TrackPreprocessor, build_tracker_predictor
+from models.video_depth import VideoDepthAnything, VideoDepthConfig
 
 log = logging.getLogger(__name__)
 

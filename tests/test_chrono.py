@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import train
-from train import load_config
 from lightning_modules.chrono import ChronoModule
 from lightning_modules.chrono_loss import ChronoLossConfig, chrono_loss
 from models.checkpoint_io import CheckpointMismatchError
@@ -26,6 +25,7 @@ from models.chrono import (
 from models.dinov2 import imagenet_normalize
 from tests.conftest import tracking_batch
 from tests.tiny_run import TINY_MODEL, tiny_run_args
+from train import load_config
 
 # 64x64 input (8x8 tokens of patch 8); 3 blocks -> 2 adapters.
 TINY = dict(backbone="vits14", embed_dim=32, depth=3, num_heads=2, patch_size=8, backbone_img_size=64,

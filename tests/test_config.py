@@ -296,8 +296,8 @@ def test_loading_a_config_imports_neither_pyav_nor_wandb():
 
 def test_the_loader_composes_with_the_section_classes_it_is_given():
     from configs.loader import load_config as compose_with
-    from lightning_modules.cotracker3 import CoTracker3ModelConfig
     from datamodules.tracking import TrackingDataConfig
+    from lightning_modules.cotracker3 import CoTracker3ModelConfig
 
     _, cfg = compose_with([], families={"cotracker3": CoTracker3ModelConfig}, data_kinds={"tracking": TrackingDataConfig})
     assert cfg.model.family == "cotracker3" and cfg.data.kind == "tracking"

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lightning_modules.cotracker3_loss import LossWeights, huber, query_mask, cotracker3_loss
+from lightning_modules.cotracker3_loss import LossWeights, cotracker3_loss, huber, query_mask
 
 
 def _bce(logit, target):
@@ -41,7 +41,9 @@ def test_loss_equals_a_hand_computation_with_query_masking():
     expect_occluded = (0.8 * 10 / (1 + 1e-6) + 1.0 * 7 / (1 + 1e-6)) / 2
     # Visibility BCE over all 4 elements (no mask), averaged over iterations, no gamma.
     targets = [[1, 1], [1, 0]]
-    bce = lambda v: sum(_bce(float(v[0, t, n]), targets[t][n]) for t in range(2) for n in range(2)) / 4
+    def bce(v):
+        return sum(_bce(float(v[0, t, n]), targets[t][n]) for t in range(2) for n in range(2)) / 4
+
     expect_visibility = (bce(vis0) + bce(vis1)) / 2
     # Confidence: target = |err|^2 <= 144; times visible; mean over (S, N).
     def conf_term(coords, conf):

@@ -22,19 +22,19 @@ import torch
 
 import train
 from configs.loader import ConfigError, override_args
-from train import load_config
 from datamodules.benchmark_videos import BenchmarkVideos, inference_input_size, protocol_video, set_protocols
 from datamodules.depth_benchmarks import NYU_CROP, SCANNET_CROP, benchmark_set
 from datamodules.shards import ShardFormatError, expand_shards
 from datamodules.video_files import VideoReader
 from lightning_modules.depth_benchmark_evaluation import video_disparity, window_tracks
-from tools.predict_video import depth_video
 from metrics.depth_benchmark import VideoDepthBenchmarkMetric
 from models.cotracker3_predictor import TrackPreprocessor, build_tracker_predictor
 from models.video_windows import window_ranges
 from tests.convert_fixtures import make_bonn, make_kitti, make_scannet, make_sintel, read_clips, save_rgb
 from tests.test_depth_extract_tracks import TINY_TRACKER
 from tools.convert import run as convert
+from tools.predict_video import depth_video
+from train import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ["sintel", "scannet", "kitti", "bonn", "nyuv2", "scannet_tae"]

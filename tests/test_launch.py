@@ -17,8 +17,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 import train
 from callbacks.fsdp import FSDPNormClipping, TracklightFSDPStrategy
 from configs.loader import ConfigError
-from train import load_config
 from tests.tiny_run import tiny_run_args
+from train import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN_ENV = {"TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "RANK": "0",

@@ -6,8 +6,8 @@ import pytest
 
 import train
 from configs.loader import ConfigError
-from train import load_config
 from tests.tiny_run import tiny_run_args
+from train import load_config
 
 
 def test_malformed_max_time_is_a_config_error(tmp_path):

@@ -6,12 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from train import build_module, load_config
 from lightning_modules.pseudolabel_targets import make_pseudo_labels
 from lightning_modules.pseudolabel_teachers import Teacher, TeacherConfig, TeacherError, TeacherSet, load_teacher
 from models.cotracker3 import CoTrackerThree
 from models.keypoint_queries import KeypointQuerySampler, QuerySamplingConfig
 from tests.tiny_run import TINY_MODEL
+from train import build_module, load_config
 
 TINY_ARCH = dict(window_len=4, latent_dim=8, corr_levels=2, corr_radius=1, corr_hidden_dim=16, corr_out_dim=8,
                  hidden_size=16, num_heads=2, time_depth=1, space_depth=1, num_virtual_tracks=4, posenc_freqs=2,

@@ -7,15 +7,15 @@ import torch
 
 import train
 from configs.loader import override_args
-from train import load_config
 from datamodules.shard_reader import SkipCounter, iter_shard
 from datamodules.shards import ShardWriter, decode_clip, expand_shards
 from datamodules.synthetic import SyntheticConfig, generate_clip
-from lightning_modules.cotracker3_pseudolabel import CoTracker3PseudolabelModule
 from lightning_modules.cotracker3 import CoTracker3Module
+from lightning_modules.cotracker3_pseudolabel import CoTracker3PseudolabelModule
 from models.cotracker3 import CoTrackerThree
 from tests.tiny_run import TINY_MODEL
 from tools import extract_tracks
+from train import load_config
 
 TINY_ARCH = ("{window_len: %d, latent_dim: 8, corr_levels: 2, corr_radius: 1, corr_hidden_dim: 16, corr_out_dim: 8, "
              "hidden_size: 16, num_heads: 2, time_depth: 1, space_depth: 1, num_virtual_tracks: 4, posenc_freqs: 2, "

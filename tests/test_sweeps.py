@@ -21,10 +21,10 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 import train
 from configs.loader import override_args
-from train import load_config
 from datamodules.synthetic import SyntheticConfig
 from tests.conftest import write_clips
 from tests.tiny_run import TINY_MODEL
+from train import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_DIR = REPO / "configs" / "sweep"

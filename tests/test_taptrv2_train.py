@@ -9,12 +9,12 @@ import torch
 
 import train
 from callbacks.ema import ExponentialMovingAverage
-from train import load_config
 from lightning_modules.taptrv2 import TaptrV2Module
 from lightning_modules.taptrv2_loss import TaptrV2LossConfig, taptrv2_loss
 from models.taptrv2 import TaptrV2, TaptrV2Config
 from tests.conftest import tracking_batch
 from tests.tiny_run import TINY_MODEL, tiny_run_args
+from train import load_config
 
 LN2 = math.log(2.0)
 

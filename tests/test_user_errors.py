@@ -13,10 +13,10 @@ import torch
 
 import train
 from configs.loader import override_args
-from train import load_config
 from lightning_modules.cotracker3 import CoTracker3Module
 from tests.tiny_run import TINY_MODEL, tiny_run_args
 from tools import convert_kubric
+from train import load_config
 
 
 def _main(args: list[str], monkeypatch, capsys) -> str:  # noqa: ANN001

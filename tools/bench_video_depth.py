@@ -226,8 +226,7 @@ def count_flops(encoder: str, size: int, frames: int, tracks: int, tiny: bool = 
 def bench_tracker(frames: int, size: int, queries: int, resolution: tuple[int, int], repeats: int,
                   device: torch.device) -> float:
     from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
-    from models.cotracker3_predictor import CoTrackerThreePredictor
-    from models.cotracker3_predictor import TrackPreprocessor
+    from models.cotracker3_predictor import CoTrackerThreePredictor, TrackPreprocessor
 
     torch.manual_seed(0)
     model = CoTrackerThree(CoTrackerThreeConfig(variant="offline", model_resolution=resolution)).to(device).eval()

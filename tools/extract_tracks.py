@@ -169,9 +169,9 @@ def pseudo_label_extractor(train_args: list[str], seed: int) -> L.LightningModul
     """The pseudo-label extractor configured by a training run's arguments (its teachers and sampling)."""
     from omegaconf import OmegaConf
 
-    from train import load_config
     from lightning_modules.pseudolabel_extraction import PseudoLabelExtractor
     from lightning_modules.pseudolabel_teachers import TeacherSet
+    from train import load_config
 
     _, cfg = load_config(["fit", *train_args])
     if cfg.model.family != "cotracker3_pseudolabel" or cfg.data.kind != "unlabelled_videos":

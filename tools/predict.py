@@ -122,8 +122,8 @@ def check_grid(args: argparse.Namespace) -> None:
 
 def check_tracker_memory(args: argparse.Namespace, tracker: object, queries: np.ndarray | None) -> None:
     """For a CoTracker3: the points (grid or queries, plus the hidden support grid) must fit in memory."""
-    from tools.predict_video import check_point_budget, pick_device
     from models.cotracker3_predictor import CoTrackerThreePredictor
+    from tools.predict_video import check_point_budget, pick_device
 
     if not isinstance(tracker, CoTrackerThreePredictor):
         return
@@ -172,8 +172,8 @@ def build_tracks(args: argparse.Namespace, cfg_tracker: object | None):
 
 def run_depth(args: argparse.Namespace) -> list[dict[str, Path]]:
     from lightning_modules.registry import module_from_checkpoint
-    from tools.predict_video import depth_video
     from models.video_depth import TracktentionConfig, VideoDepthAnything, VideoDepthConfig
+    from tools.predict_video import depth_video
 
     if args.ckpt:
         module, cfg = module_from_checkpoint(args.ckpt, ("video_depth",))
