@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.chrono import Chrono, ChronoConfig  # noqa: E402
-from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig  # noqa: E402
-from models.cotracker3_predictor import CoTrackerThreePredictor  # noqa: E402
+from models.chrono import Chrono, ChronoConfig
+from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
+from models.cotracker3_predictor import CoTrackerThreePredictor
 
 
 def adapter_parameters(backbone: str) -> int:

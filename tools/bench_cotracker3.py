@@ -20,9 +20,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.cotracker3 import CoTrackerThree  # noqa: E402
+from models.cotracker3 import CoTrackerThree
 
 
 def timed(fn, device: torch.device) -> float:

@@ -63,10 +63,8 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from callbacks.throughput import peak_flops, precision_kind  # noqa: E402
-from tools.bench_tracker_memory import proc_kib  # noqa: E402
+from callbacks.throughput import peak_flops, precision_kind
+from tools.bench_tracker_memory import proc_kib
 
 FAMILIES = ("cotracker3", "chrono", "taptrv2", "video_depth", "colorization")
 # Config overrides per family; the tiny ones are the CPU demo experiments, trained from scratch.

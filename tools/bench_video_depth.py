@@ -39,16 +39,14 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.tracktention import ATTENTION_IMPLS, set_attention  # noqa: E402
-from models.video_depth import (  # noqa: E402
+from models.tracktention import ATTENTION_IMPLS, set_attention
+from models.video_depth import (
     TracktentionConfig,
     VideoDepthAnything,
     VideoDepthConfig,
     count_parameters,
 )
-from tools.bench_tracker_memory import proc_kib  # noqa: E402
+from tools.bench_tracker_memory import proc_kib
 
 IMAGE = "image"
 # --tiny: a narrow 4-block architecture for exercising this script in tests (not a benchmark).

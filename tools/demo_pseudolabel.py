@@ -25,17 +25,14 @@ Every training and validation runs `train.py` with the printed arguments.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from datamodules.shards import ShardWriter  # noqa: E402
-from datamodules.synthetic import SyntheticConfig, generate_clip  # noqa: E402
+import train
+from datamodules.shards import ShardWriter
+from datamodules.synthetic import SyntheticConfig, generate_clip
 
 VAL_SEED0 = 100_000  # plaid evaluation clips: seeds disjoint from the training videos
 

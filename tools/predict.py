@@ -26,13 +26,11 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from datamodules.query_files import parse_query, read_query_file  # noqa: E402
-from datamodules.video_files import VideoReader  # noqa: E402
-from models.checkpoint_io import CheckpointMismatchError  # noqa: E402
+from datamodules.query_files import parse_query, read_query_file
+from datamodules.video_files import VideoReader
+from models.checkpoint_io import CheckpointMismatchError
 
 log = logging.getLogger("predict")
 
