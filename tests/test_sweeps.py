@@ -177,7 +177,7 @@ def test_a_drawn_trial_trains_a_step_from_the_agent_command_line(name, local_dat
 
     assert trainer.global_step == 1
     assert sweep["metric"]["name"] in trainer.callback_metrics  # the optimised key is really logged
-    cfg = trainer.lightning_module.cfg
+    cfg = OmegaConf.create(dict(trainer.lightning_module.hparams))  # the run's config, as train.py saved it
     for key in swept_keys(sweep):  # every rank builds from argv, so these are the values in use
         assert config_value(cfg, key) == params[key]["value"], key
     run_dir = tmp_path / "run" / "trial7"  # one directory per trial, named by the agent's run id
