@@ -36,17 +36,41 @@ from callbacks.data_health import DataHealthLogger
 from callbacks.fsdp import TracklightFSDPStrategy
 from callbacks.prediction_writer import NpzPredictionWriter
 from callbacks.run_directory import RunLock, check_writable, newest_checkpoint, refuse_fresh_run_over_checkpoints
-from callbacks.run_metadata import (IncompatibleCheckpointError, RunMetadata, check_checkpoint_matches_model,
-                                   check_resume_compatible)
+from callbacks.run_metadata import (
+    IncompatibleCheckpointError,
+    RunMetadata,
+    check_checkpoint_matches_model,
+    check_resume_compatible,
+)
 from callbacks.signals import INTERRUPTED_EXIT_CODE, CheckpointOnSignal
 from callbacks.startup_report import StartupReport
 from callbacks.throughput import MetricsProgressBar, ThroughputMonitor
+from configs import loader
 from configs.loader import ConfigError, compose, parse_command_line
 from configs.usage import usage_text
 from datamodules.errors import DataFormatError
+from datamodules.registry import DataKind, load_data_kinds
+from lightning_modules.registry import Family, load_families
 from models.checkpoint_io import CheckpointMismatchError, CheckpointReadError, load_checkpoint_file
 
 log = logging.getLogger("tracklight")
+
+
+def registries() -> tuple[dict[str, Family], dict[str, DataKind]]:
+    """The registered model families and data kinds (imports their modules)."""
+    return load_families(), load_data_kinds()
+
+
+def section_classes() -> dict[str, dict[str, type]]:
+    """`families=` / `data_kinds=` for configs.loader: each name's section dataclass."""
+    families, kinds = registries()
+    return {"families": {name: f.config for name, f in families.items()},
+            "data_kinds": {name: k.config for name, k in kinds.items()}}
+
+
+def load_config(argv: list[str], config_dir: Path = loader.CONFIG_DIR) -> tuple[str, DictConfig]:
+    """(command, resolved config) of a train.py command line, with every registered family and data kind."""
+    return loader.load_config(argv, **section_classes(), config_dir=config_dir)
 
 
 def resolve_precision(precision: str) -> str:
@@ -184,7 +208,7 @@ def _wandb_logger(mode: str, kwargs: dict[str, Any]) -> WandbLogger:
     return logger
 
 
-def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback]:
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
     # last.ckpt at a fixed step cadence bounds the work lost when a run is killed.
     last = LastCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint.every_n_steps)
@@ -201,23 +225,20 @@ def build_callbacks(cfg: DictConfig, module: L.LightningModule) -> list[Callback
     if cfg.trainer.enable_progress_bar:  # Lightning refuses a bar callback when the bar is off
         callbacks.append(MetricsProgressBar(keys=[cfg.checkpoint.monitor, "perf/samples_per_s"]))
     callbacks.append(ResultsTable(f"validation ({cfg.name})"))
-    callbacks.extend(module.default_callbacks())
-    return callbacks
+    return callbacks  # the family's own callbacks come from its configure_callbacks()
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    from datamodules.registry import DATAMODULE_FACTORIES
-
-    return DATAMODULE_FACTORIES[cfg.data.kind](cfg)
+    return load_data_kinds()[cfg.data.kind].factory(cfg)
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    from lightning_modules.registry import FAMILY_MODULES
-
+    """The family's module from its model section; the whole run config is its saved hyper-parameters."""
     try:
-        module = FAMILY_MODULES[cfg.model.family](cfg)
+        module = load_families()[cfg.model.family].module(cfg.model)
     except (FileNotFoundError, CheckpointMismatchError) as err:  # weights named by model.* keys (init_from, ...)
         raise ConfigError(f"model weights: {err}") from None
+    module.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
     if cfg.trainer.channels_last:  # before compile, so the compiled graph sees channels-last weights
         from models.memory_format import to_channels_last
         to_channels_last(module.model)
@@ -239,7 +260,7 @@ def resolve_max_time(value: str | None) -> str | None:
     return value
 
 
-def build_trainer(cfg: DictConfig, module: L.LightningModule, evaluation: Evaluation | None = None) -> L.Trainer:
+def build_trainer(cfg: DictConfig, evaluation: Evaluation | None = None) -> L.Trainer:
     t = cfg.trainer
     devices, num_nodes = resolve_layout(cfg)
     trainer = L.Trainer(
@@ -251,7 +272,7 @@ def build_trainer(cfg: DictConfig, module: L.LightningModule, evaluation: Evalua
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=t.num_sanity_val_steps,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
-        logger=build_logger(cfg, evaluation), callbacks=build_callbacks(cfg, module), default_root_dir=cfg.run_dir,
+        logger=build_logger(cfg, evaluation), callbacks=build_callbacks(cfg), default_root_dir=cfg.run_dir,
     )
     if evaluation is not None and evaluation.loops is not None:
         # The checkpoint's step for media file names and logged steps (Lightning restores only weights here).
@@ -360,10 +381,10 @@ def print_config(cfg: DictConfig) -> DictConfig:
 def run(argv: list[str]) -> object:
     cli = parse_command_line(argv)
     if cli.command == "help":
-        print(usage_text())
+        print(usage_text(**section_classes()))
         return None
     command = cli.command
-    cfg = compose(cli, require_complete=command != "print_config")
+    cfg = compose(cli, **section_classes(), require_complete=command != "print_config")
     if command == "print_config":
         return print_config(cfg)
     place_sweep_run(cfg)
@@ -373,9 +394,9 @@ def run(argv: list[str]) -> object:
     prepare_run_dir(cfg, command)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
+    datamodule = build_datamodule(cfg)  # first: a bad data config fails before any weights load
     module = build_module(cfg)
-    datamodule = build_datamodule(cfg)
-    trainer = build_trainer(cfg, module, evaluation)
+    trainer = build_trainer(cfg, evaluation)
     save_resolved_config(cfg)
     if command == "fit":
         ckpt_path = resume_path(cfg)
@@ -393,9 +414,9 @@ def run(argv: list[str]) -> object:
         log.info("predictions written to %s", out_dir)
         return out_dir
     evaluate = trainer.validate if command == "validate" else trainer.test
-    own_table = getattr(module, "results_table", None)  # an evaluation with one table of its own (depth benchmarks)
     with quiet_evaluation():
         results = evaluate(module, datamodule=datamodule, ckpt_path=cfg.ckpt, verbose=False)
+    own_table = getattr(module, "results_table", None)  # an evaluation with one table of its own (depth benchmarks)
     if own_table is not None:
         print_table(own_table())
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import colorsys
 import logging
+
 import torch
 import torch.nn.functional as F
 

@@ -16,12 +16,17 @@ model family (or data kind) than the experiment's is refused.
 
 Unknown keys, wrong types and invalid values stop start-up with one line naming the key, what it
 expects and the value given (configs/checks.py holds the value rules).
+
+The entry point owns the composition: it passes the `model` / `data` section dataclasses of the
+registered families and data kinds (`families`, `data_kinds`: name -> dataclass), so loading a
+config imports nothing of the model, data or callback code.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +42,10 @@ from omegaconf.errors import (
 from omegaconf.nodes import BooleanNode, EnumNode, FloatNode, IntegerNode, StringNode
 
 from configs.checks import ConfigError, check_values
-from configs.schema import DATA_KINDS, MODEL_FAMILIES, RootConfig
+from configs.schema import RootConfig
 
 __all__ = ["COMMANDS", "CONFIG_DIR", "CommandLine", "ConfigError", "compose", "load_config", "override_args",
-           "parse_command_line"]
+           "parse_command_line", "typed_config", "typed_schema"]
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +319,9 @@ def _mark_unresolvable_as_missing(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, "???")
 
 
-def _typed_section(raw: DictConfig, section: str, key: str, registry: dict[str, type]) -> DictConfig:
-    chosen = OmegaConf.select(raw, f"{section}.{key}", throw_on_resolution_failure=False)
+def _typed_section(raw: DictConfig | Mapping, section: str, key: str, registry: Mapping[str, type]) -> DictConfig:
+    chosen = OmegaConf.select(OmegaConf.create(raw) if not isinstance(raw, DictConfig) else raw, f"{section}.{key}",
+                              throw_on_resolution_failure=False)
     if chosen is None:
         raise ConfigError(f"{section}.{key} is not set; choose one of {sorted(registry)}")
     if chosen not in registry:
@@ -325,23 +331,31 @@ def _typed_section(raw: DictConfig, section: str, key: str, registry: dict[str, 
     return OmegaConf.structured(registry[chosen])
 
 
-def compose(cli: CommandLine, config_dir: Path = CONFIG_DIR, require_complete: bool = True) -> DictConfig:
+def typed_schema(raw: DictConfig | Mapping, families: Mapping[str, type], data_kinds: Mapping[str, type]
+                 ) -> DictConfig:
+    """The root schema with the `model` / `data` dataclasses that `raw`'s model.family / data.kind choose."""
+    schema = OmegaConf.structured(RootConfig)
+    schema.model = _typed_section(raw, "model", "family", families)
+    schema.data = _typed_section(raw, "data", "kind", data_kinds)
+    OmegaConf.set_struct(schema, True)
+    return schema
+
+
+def typed_config(saved: Mapping, families: Mapping[str, type], data_kinds: Mapping[str, type]) -> DictConfig:
+    """A run's saved config (a checkpoint's) merged over the typed schema: keys added since get their defaults."""
+    return OmegaConf.merge(typed_schema(saved, families, data_kinds), saved)
+
+
+def compose(cli: CommandLine, families: Mapping[str, type], data_kinds: Mapping[str, type],
+            config_dir: Path = CONFIG_DIR, require_complete: bool = True) -> DictConfig:
     """The resolved, type-checked config of a parsed command line.
 
     `require_complete=False` (print_config) leaves unset mandatory keys as `???` instead of stopping.
     """
-    from datamodules.registry import load_datamodules
-    from lightning_modules.registry import load_families
-
-    load_families()
-    load_datamodules()
     raw = _raw_config(cli, config_dir)
     if not isinstance(raw.get("model"), DictConfig) or not isinstance(raw.get("data"), DictConfig):
         raise ConfigError("model and data must be sections; choose presets with model=NAME / data=NAME")
-    schema = OmegaConf.structured(RootConfig)
-    schema.model = _typed_section(raw, "model", "family", MODEL_FAMILIES)
-    schema.data = _typed_section(raw, "data", "kind", DATA_KINDS)
-    OmegaConf.set_struct(schema, True)
+    schema = typed_schema(raw, families, data_kinds)
     try:
         cfg = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as err:
@@ -359,9 +373,10 @@ def compose(cli: CommandLine, config_dir: Path = CONFIG_DIR, require_complete: b
     return cfg
 
 
-def load_config(argv: list[str], config_dir: Path = CONFIG_DIR) -> tuple[str, DictConfig]:
-    """Return (command, resolved config) for a train.py command line."""
+def load_config(argv: list[str], families: Mapping[str, type], data_kinds: Mapping[str, type],
+                config_dir: Path = CONFIG_DIR) -> tuple[str, DictConfig]:
+    """Return (command, resolved config) for a train.py command line (`families` / `data_kinds`: module docstring)."""
     cli = parse_command_line(argv)
     if cli.command == "help":
         raise ConfigError("--help has no config; print configs.usage.usage_text() instead")
-    return cli.command, compose(cli, config_dir, require_complete=cli.command != "print_config")
+    return cli.command, compose(cli, families, data_kinds, config_dir, require_complete=cli.command != "print_config")

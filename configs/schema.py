@@ -159,19 +159,6 @@ class RootConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    model: Any = None  # replaced by the family's dataclass, see MODEL_FAMILIES
-    data: Any = None  # replaced by the data kind's dataclass, see DATA_KINDS
+    model: Any = None  # replaced by the family's dataclass (configs/loader.py: typed_schema)
+    data: Any = None  # replaced by the data kind's dataclass (configs/loader.py: typed_schema)
 
-
-DATA_KINDS: dict[str, type] = {}
-MODEL_FAMILIES: dict[str, type] = {}
-
-
-def register_model_family(name: str, config_cls: type) -> None:
-    """Families add their model-section dataclass here (see lightning_modules/registry.py)."""
-    MODEL_FAMILIES[name] = config_cls
-
-
-def register_data_kind(name: str, config_cls: type) -> None:
-    """Data kinds add their data-section dataclass here (see datamodules/registry.py)."""
-    DATA_KINDS[name] = config_cls

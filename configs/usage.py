@@ -3,6 +3,7 @@ folders and the family / data-kind registries (nothing here lists them by hand).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -53,18 +54,13 @@ def _wrap(items: list[str], indent: str = "    ", width: int = 100) -> str:
     return "\n".join(lines)
 
 
-def usage_text(config_dir: Path = CONFIG_DIR) -> str:
-    from configs.schema import DATA_KINDS, MODEL_FAMILIES
-    from datamodules.registry import load_datamodules
-    from lightning_modules.registry import load_families
-
-    load_families()
-    load_datamodules()
+def usage_text(families: Mapping[str, type], data_kinds: Mapping[str, type], config_dir: Path = CONFIG_DIR) -> str:
+    """train.py's --help; `families` / `data_kinds`: name -> section dataclass, as configs.loader takes them."""
     commands = "\n".join(f"  {c:<13} {COMMAND_HELP.get(c, '')}" for c in COMMANDS)
     families = "\n".join(f"  {name:<13} model.* keys: {cls.__name__} in {_source_file(cls)}"
-                         for name, cls in sorted(MODEL_FAMILIES.items()))
+                         for name, cls in sorted(families.items()))
     kinds = "\n".join(f"  {name:<13} data.* keys: {cls.__name__} in {_source_file(cls)}"
-                      for name, cls in sorted(DATA_KINDS.items()))
+                      for name, cls in sorted(data_kinds.items()))
     return f"""usage: python train.py [COMMAND] [experiment=NAME] [model=NAME] [data=NAME] [KEY=VALUE ...]
        python train.py -h | --help | help
 

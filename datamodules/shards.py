@@ -440,8 +440,9 @@ def expand_shards(pattern: str | list[str]) -> list[str]:
 
     Raises FileNotFoundError naming the pattern if nothing matches.
     """
-    import braceexpand
     import glob
+
+    import braceexpand
 
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     urls: list[str] = []

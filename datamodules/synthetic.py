@@ -298,7 +298,7 @@ def _hue_direction(hue: float) -> np.ndarray:
     return math.cos(hue) * first + math.sin(hue) * second
 
 
-def _class_grating(scene: "_Scene", layer: int, u: np.ndarray) -> np.ndarray:
+def _class_grating(scene: _Scene, layer: int, u: np.ndarray) -> np.ndarray:
     """Luminance signature of `layer`'s class at canonical texel u (T, ...) (frame axis first)."""
     period = _CLASS_PERIOD_BASE * _CLASS_PERIOD_RATIO ** scene.layer_class[layer]
     gain = scene.signature_gain[layer].reshape((-1,) + (1,) * (u.ndim - 1))

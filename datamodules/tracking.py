@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from configs.loader import ConfigError
 from configs.schema import TrackingDataConfig
-from datamodules.registry import register_datamodule
 from datamodules.augment import augment_tracking_batch
 from datamodules.clip_sampling import TooFewTracks, cut_eval_sample, cut_training_sample
+from datamodules.registry import register_datamodule
 from datamodules.shard_reader import SkipCounter, iter_clips
 from datamodules.shards import Clip, CorruptSampleError, expand_shards
 from datamodules.synthetic_shards import ensure_synthetic_shards

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -73,6 +72,8 @@ class VideoReader:
             self.info = self._probe_container()
 
     def _probe_container(self) -> VideoInfo:
+        import av
+
         try:
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
@@ -97,6 +98,8 @@ class VideoReader:
             yield frame
 
     def _decode(self) -> Iterator[np.ndarray]:
+        import av  # PyAV only when a video file is read: config loading stays light
+
         if self.frame_files is not None:
             for path in self.frame_files:
                 yield _load_image(path)
@@ -150,6 +153,8 @@ class Mp4Writer:
     """
 
     def __init__(self, path: str | Path, fps: float) -> None:
+        import av
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps = Fraction(fps).limit_denominator(1001)
@@ -157,6 +162,8 @@ class Mp4Writer:
         self.stream: av.video.stream.VideoStream | None = None
 
     def write(self, frames: np.ndarray) -> None:
+        import av
+
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 (t, H, W, 3), got {frames.dtype} {frames.shape}")

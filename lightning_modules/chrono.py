@@ -12,27 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_modules.chrono_loss import ChronoLossConfig, chrono_loss
 from lightning_modules.point_tracking import PointTrackingModule
-from lightning_modules.registry import register_family
-from models.chrono import Chrono, ChronoConfig, ChronoOutput
+from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, QUERY_MODE_FROM_DATA, model_config, register_family
+from models.chrono import Chrono, ChronoConfig
 from models.dinov2 import load_dinov2
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ChronoLossConfig:
-    """cvlab-kaist/Chrono `model_utils.tapir_loss` with its defaults."""
-
-    position_weight: float = 0.05
-    huber_delta: float = 4.0  # pixels of a 256x256 frame
-    expected_dist_threshold: float = 6.0  # pixels of a 256x256 frame
-    # The reference adds every term twice (for `tracks` and again for its one `unrefined_tracks`
-    # copy); 2.0 reproduces its gradient scale, which matters with clipping at norm 1.0.
-    repeats: float = 2.0
 
 
 @dataclass
@@ -48,39 +36,9 @@ class ChronoModelConfig:
     warmup_pct: float = 0.003  # OneCycle pct_start
     loss: ChronoLossConfig = field(default_factory=ChronoLossConfig)
     max_consecutive_nonfinite: int = 20  # skipped NaN/Inf steps in a row before training stops
-
-
-def chrono_loss(out: ChronoOutput, batch: dict[str, torch.Tensor], w: ChronoLossConfig) -> dict[str, torch.Tensor]:
-    """Reference `tapnet_loss` terms (times `repeats`) on our batch layout.
-
-    Positions are compared in a 256x256 frame. Per (b, t, n) entry:
-      position   = 0.05 * Huber_delta(sqrt(|e|^2 + 1e-6)) * visible
-      occlusion  = BCE(occ_logit, occluded)
-      expected   = BCE(expd_logit, |e_detached|^2 > 6^2) * visible
-    each averaged over the annotated (`valid`) entries; with every entry valid this is the
-    reference's plain mean over (B, N, T), occluded entries counting as zeros.
-    """
-    tracks, gt = out.tracks, batch["tracks"]
-    h, w_ = batch["video"].shape[-2:]
-    scale = gt.new_tensor([256.0 / w_, 256.0 / h])
-    err = (tracks - gt) * scale
-    sq = (err**2).sum(-1)
-    dist = torch.sqrt(sq + 1e-6)
-    d = w.huber_delta
-    huber = torch.where(dist < d, sq / 2, d * (dist - d / 2))
-    valid = batch["valid"].to(sq.dtype)
-    visible = batch["visible"].to(sq.dtype) * valid
-    count = valid.sum().clamp_min(1.0)
-    position = w.position_weight * (huber * visible).sum() / count
-    occluded = 1.0 - batch["visible"].to(out.occlusion_logits.dtype)
-    occlusion_bce = F.binary_cross_entropy_with_logits(out.occlusion_logits, occluded, reduction="none")
-    occlusion = (occlusion_bce * valid).sum() / count
-    far = ((err.detach() ** 2).sum(-1) > w.expected_dist_threshold**2).to(sq.dtype)
-    expected_bce = F.binary_cross_entropy_with_logits(out.expected_dist_logits, far, reduction="none")
-    expected = (expected_bce * visible).sum() / count
-    terms = {"position": position, "occlusion": occlusion, "expected_dist": expected}
-    terms["loss"] = w.repeats * (position + occlusion + expected)
-    return terms
+    # From other sections (registry.py): the evaluation data's query mode, the media cadence.
+    query_mode: str = QUERY_MODE_FROM_DATA
+    media_every_n_validations: int = MEDIA_EVERY_FROM_WANDB
 
 
 def build_chrono(m: DictConfig) -> Chrono:
@@ -101,18 +59,18 @@ def build_chrono(m: DictConfig) -> Chrono:
 
 @register_family("chrono", ChronoModelConfig)
 class ChronoModule(PointTrackingModule):
-    def __init__(self, cfg: DictConfig | dict) -> None:
-        super().__init__(cfg)
-        self.model = build_chrono(self.cfg.model)
-        self.loss_cfg = ChronoLossConfig(**OmegaConf.to_container(self.cfg.model.loss))
+    def __init__(self, cfg: DictConfig | ChronoModelConfig | dict) -> None:
+        super().__init__(model_config(cfg, ChronoModelConfig))
+        self.model = build_chrono(self.cfg)
+        self.loss_cfg = ChronoLossConfig(**OmegaConf.to_container(self.cfg.loss))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model(batch["video"], batch["queries"])
         terms = chrono_loss(out, batch, self.loss_cfg)
-        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.model.max_consecutive_nonfinite)
+        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.max_consecutive_nonfinite)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        m = self.cfg.model
+        m = self.cfg
         # A frozen DINOv2 has requires_grad False, so only adapters + occlusion head are optimised.
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=m.lr, weight_decay=m.weight_decay)

@@ -21,16 +21,16 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from callbacks.console import HeadlineMetric
+from lightning_modules.colorization_loss import ColorLossWeights, colorization_loss
 from lightning_modules.nonfinite import NonFiniteGuard
-from lightning_modules.registry import register_family
+from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, model_config, register_family
 from lightning_modules.schedules import warmup_cosine
-from lightning_modules.video_evaluation import VideoMetricsEvaluation
 from lightning_modules.video_depth import UnfreezeStage
+from lightning_modules.video_evaluation import VideoMetricsEvaluation
 from metrics.colorization import ColorizationMetrics
 from models.color import grey_rgb, l_ab_to_rgb, rgb_to_lab
 from models.colorizer import ConvColorizerConfig
@@ -43,13 +43,6 @@ from models.video_colorizer import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ColorLossWeights:
-    l1: float = 1.0  # L1 on ab in Lab units
-    colorfulness: float = 0.0  # DDColor's 1 - colourfulness of the predicted RGB in [0, 1], mean over frames
-    temporal: float = 0.0  # L1 between predicted and true ab changes along the tracks (track_temporal_loss)
 
 
 @dataclass
@@ -67,6 +60,7 @@ class ColorizationModelConfig:
     warmup_pct: float = 0.05
     loss: ColorLossWeights = field(default_factory=ColorLossWeights)
     max_consecutive_nonfinite: int = 20
+    media_every_n_validations: int = MEDIA_EVERY_FROM_WANDB  # from wandb.* (registry.py)
 
 
 def arch_config(model_cfg: DictConfig) -> Any:
@@ -81,53 +75,16 @@ def arch_config(model_cfg: DictConfig) -> Any:
                          f"(valid keys: {sorted(OmegaConf.structured(cfg_cls).keys())})") from None
 
 
-def colorfulness_loss(rgb: torch.Tensor) -> torch.Tensor:
-    """DDColor's colourfulness loss term 1 - M, M on RGB in [0, 1] (absolute opponents, unbiased std),
-    averaged over frames: rgb (N, 3, H, W) 0..255."""
-    r, g, b = (rgb / 255.0).unbind(1)
-    rg = (r - g).abs().flatten(1)
-    yb = (0.5 * (r + g) - b).abs().flatten(1)
-    # The clamp keeps the gradient of sqrt finite on a flat grey frame (DDColor's would be NaN there).
-    std_root = torch.sqrt((rg.std(1) ** 2 + yb.std(1) ** 2).clamp(min=1e-12))
-    mean_root = torch.sqrt((rg.mean(1) ** 2 + yb.mean(1) ** 2).clamp(min=1e-12))
-    return (1.0 - (std_root + 0.3 * mean_root)).mean()
-
-
-def sample_at_points(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Bilinear values of maps (N, C, H, W) at (x, y) pixels (N, M, 2), centres at integers -> (N, M, C)."""
-    H, W = maps.shape[-2:]
-    scale = points.new_tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)])
-    grid = (points * scale - 1.0).unsqueeze(2)  # (N, M, 1, 2) in [-1, 1], align_corners=True
-    return F.grid_sample(maps, grid, mode="bilinear", align_corners=True).squeeze(-1).transpose(1, 2)
-
-
-def track_temporal_loss(pred_ab: torch.Tensor, target_ab: torch.Tensor, tracks: torch.Tensor,
-                        visible: torch.Tensor) -> torch.Tensor:
-    """Mean |(a_{t+1} - a_t) - (a*_{t+1} - a*_t)| over ab channels and the track points visible at t and
-    t+1, a = predicted and a* = true ab read at the point's positions p_t, p_{t+1}: the colour of a
-    surface point should change between frames exactly as much as its true colour does (the colour
-    analogue of Video Depth Anything's temporal gradient matching). pred_ab, target_ab (B, T, 2, H, W);
-    tracks (B, T, M, 2) pixels; visible (B, T, M) bool. Zero when no point is visible twice in a row."""
-    B, T = pred_ab.shape[:2]
-    pred = sample_at_points(pred_ab.flatten(0, 1), tracks.flatten(0, 1).to(pred_ab.dtype)).view(B, T, -1, 2)
-    target = sample_at_points(target_ab.flatten(0, 1), tracks.flatten(0, 1).to(target_ab.dtype)).view(B, T, -1, 2)
-    diff = ((pred[:, 1:] - pred[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs().mean(-1)
-    both = (visible[:, 1:] & visible[:, :-1]).to(diff.dtype)
-    return (diff * both).sum() / both.sum().clamp(min=1.0)
-
-
 @register_family("colorization", ColorizationModelConfig)
 class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule):
     headline_metrics = (HeadlineMetric("CDC ↓", "cdc", "cdc_gt"), HeadlineMetric("PSNR ↑", "psnr"),
                         HeadlineMetric("SSIM ↑", "ssim"), HeadlineMetric("colourfulness", "colorfulness", "colorfulness_gt"))
     headline_baseline = "ground truth"
 
-    def __init__(self, cfg: DictConfig | dict) -> None:
+    def __init__(self, cfg: DictConfig | ColorizationModelConfig | dict) -> None:
+        """`cfg`: the model section (registry.model_config)."""
         super().__init__()
-        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-        self.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
-        self.cfg = cfg
-        m = cfg.model
+        self.cfg = m = model_config(cfg, ColorizationModelConfig)
         image = build_image_colorizer(m.arch, arch_config(m))
         self.model = VideoColorizer(image, OmegaConf.to_object(m.tracktention))
         if m.init_from:
@@ -139,16 +96,16 @@ class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModu
         self.val_metrics = ColorizationMetrics()
         self.media: dict[str, torch.Tensor] | None = None
 
-    def default_callbacks(self) -> list[L.Callback]:
+    def configure_callbacks(self) -> list[L.Callback]:
         from callbacks.colorization_video import ColorizationVideoLogger
         from callbacks.unfreeze import staged_unfreeze_callbacks
 
-        return [ColorizationVideoLogger(self.cfg.wandb.log_media_every_n_validations),
-                *staged_unfreeze_callbacks(self.cfg.model.unfreeze, self.model)]
+        return [ColorizationVideoLogger(self.cfg.media_every_n_validations),
+                *staged_unfreeze_callbacks(self.cfg.unfreeze, self.model)]
 
     def on_fit_start(self) -> None:
         frozen_image = any(not p.requires_grad for p in self.model.image.parameters())
-        if frozen_image and not self.cfg.model.init_from and self.trainer.ckpt_path is None:
+        if frozen_image and not self.cfg.init_from and self.trainer.ckpt_path is None:
             raise ValueError("the image colorizer is frozen (model.freeze) but has no weights: set model.init_from "
                              "to its weights or a stage-1 checkpoint, or model.freeze=[] to train it from scratch")
 
@@ -163,25 +120,14 @@ class ColorizationModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModu
     # ------------------------------------------------------------------ training
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         lab, ab = self(batch)
-        l = lab[:, :, :1]
-        w = self.cfg.model.loss
-        terms = {"l1": (ab - lab[:, :, 1:]).abs().mean()}
-        loss = w.l1 * terms["l1"]
-        if w.colorfulness:
-            terms["colorfulness"] = colorfulness_loss(l_ab_to_rgb(l, ab).flatten(0, 1))
-            loss = loss + w.colorfulness * terms["colorfulness"]
-        if w.temporal:
-            terms["temporal"] = track_temporal_loss(ab, lab[:, :, 1:], batch["tracks"], batch["visible"])
-            loss = loss + w.temporal * terms["temporal"]
-        terms["loss"] = loss
-        return terms
+        return colorization_loss(lab, ab, batch, self.cfg.loss)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         terms = self.loss_terms(batch)
-        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.model.max_consecutive_nonfinite)
+        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.max_consecutive_nonfinite)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        m = self.cfg.model
+        m = self.cfg
         # Every parameter is registered (frozen ones get no gradient and are skipped), so staged
         # unfreezing needs no optimiser surgery.
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=m.lr, weight_decay=m.weight_decay)

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from configs.loader import ConfigError
 from datamodules.benchmark_videos import SetProtocol, inference_input_size
 from metrics.depth_benchmark import VideoDepthBenchmarkMetric
-from models.video_depth import TrackPreprocessor, VideoDepthAnything
+from models.cotracker3_predictor import TrackPreprocessor
+from models.video_depth import VideoDepthAnything
 from models.video_windows import stitched, window_ranges
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,16 @@
 """Shared half of every point-tracking family: TAP-Vid evaluation, zero-motion baseline, media, predict.
 
 A family subclasses PointTrackingModule, builds its network and loss, and implements
-`predict_tracks(video, queries) -> (tracks, visible)` in pixels of `video`.
+`predict_tracks(video, queries) -> (tracks, visible)` in pixels of `video`. Its model config has
+`query_mode` (the evaluation data's, registry.QUERY_MODE_FROM_DATA) and `media_every_n_validations`
+(registry.MEDIA_EVERY_FROM_WANDB).
 """
 
 from __future__ import annotations
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from callbacks.console import HeadlineMetric
 from lightning_modules.nonfinite import NonFiniteGuard
@@ -27,12 +29,11 @@ class PointTrackingModule(NonFiniteGuard, L.LightningModule):
                         HeadlineMetric("OA", "oa", "zero_motion_oa", percent=True))
     headline_baseline = "zero motion"
 
-    def __init__(self, cfg: DictConfig | dict) -> None:
+    def __init__(self, cfg: DictConfig) -> None:
+        """`cfg`: the family's model section (registry.model_config)."""
         super().__init__()
-        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-        self.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
         self.cfg = cfg
-        self.query_mode = cfg.data.query_mode if cfg.data.kind == "tapvid" else "first"
+        self.query_mode = cfg.query_mode
         self.val_metrics = TapVidMetrics(self.query_mode)
         self.zero_motion_metrics = TapVidMetrics(self.query_mode)
         self.media: dict[str, torch.Tensor] | None = None  # one validation clip for the media callback
@@ -41,10 +42,10 @@ class PointTrackingModule(NonFiniteGuard, L.LightningModule):
         """(tracks (B, T, N, 2) pixels, visible (B, T, N) bool) for `queries` (B, N, 3)."""
         raise NotImplementedError
 
-    def default_callbacks(self) -> list[L.Callback]:
+    def configure_callbacks(self) -> list[L.Callback]:
         from callbacks.track_video import TrackVideoLogger
 
-        return [TrackVideoLogger(self.cfg.wandb.log_media_every_n_validations)]
+        return [TrackVideoLogger(self.cfg.media_every_n_validations)]
 
     def on_validation_epoch_start(self) -> None:
         self.media = None

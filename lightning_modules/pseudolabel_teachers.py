@@ -41,8 +41,7 @@ from torch import Tensor
 
 from models.cotracker3 import CoTrackerThree
 from models.cotracker3_predictor import CoTrackerThreePredictor
-from models.track_ops import points_on_grid
-from models.video_depth import random_space_time_queries
+from models.track_ops import points_on_grid, random_space_time_queries
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +124,9 @@ def load_teacher(cfg: TeacherConfig) -> Teacher:
     if not Path(cfg.checkpoint).is_file():
         raise TeacherError(f"teacher checkpoint not found: {cfg.checkpoint} (kind {cfg.kind})")
     if cfg.kind == "tracklight":
-        from lightning_modules.predict_video import TRACK_FAMILIES, load_module
+        from lightning_modules.registry import module_from_checkpoint, track_families
 
-        module, _ = load_module(cfg.checkpoint, TRACK_FAMILIES)
+        module, _ = module_from_checkpoint(cfg.checkpoint, track_families())
         model = getattr(module, "model", None)
         tracker = CoTrackerThreePredictor(model, iters=cfg.iters, support_grid_size=0) \
             if isinstance(model, CoTrackerThree) else module

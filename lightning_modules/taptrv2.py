@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.point_tracking import PointTrackingModule
-from lightning_modules.registry import register_family
+from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, QUERY_MODE_FROM_DATA, model_config, register_family
 from lightning_modules.taptrv2_loss import TaptrV2LossConfig, taptrv2_loss
 from models.taptrv2 import TaptrV2, TaptrV2Config, load_resnet50_imagenet, load_taptrv2_checkpoint
 from models.track_ops import before_query_frame, reverse_queries
@@ -47,6 +47,9 @@ class TaptrV2ModelConfig:
     # Frames before a query's frame come from a pass over the time-reversed clip, as the reference
     # fuses its strided evaluation. None: only when the data's query_mode is "strided".
     eval_backward: Optional[bool] = None
+    # From other sections (registry.py): the evaluation data's query mode, the media cadence.
+    query_mode: str = QUERY_MODE_FROM_DATA
+    media_every_n_validations: int = MEDIA_EVERY_FROM_WANDB
 
 
 def dummy_queries(video_shape: torch.Size, count: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -77,27 +80,27 @@ def build_taptrv2(m: DictConfig) -> TaptrV2:
 
 @register_family("taptrv2", TaptrV2ModelConfig)
 class TaptrV2Module(PointTrackingModule):
-    def __init__(self, cfg: DictConfig | dict) -> None:
-        super().__init__(cfg)
-        self.model = build_taptrv2(self.cfg.model)
-        self.loss_cfg = TaptrV2LossConfig(**OmegaConf.to_container(self.cfg.model.loss))
+    def __init__(self, cfg: DictConfig | TaptrV2ModelConfig | dict) -> None:
+        super().__init__(model_config(cfg, TaptrV2ModelConfig))
+        self.model = build_taptrv2(self.cfg)
+        self.loss_cfg = TaptrV2LossConfig(**OmegaConf.to_container(self.cfg.loss))
 
-    def default_callbacks(self) -> list[L.Callback]:
+    def configure_callbacks(self) -> list[L.Callback]:
         from callbacks.ema import ExponentialMovingAverage
 
-        callbacks = super().default_callbacks()
-        if self.cfg.model.ema_decay is not None:
-            callbacks.append(ExponentialMovingAverage(self.cfg.model.ema_decay))
+        callbacks = super().configure_callbacks()
+        if self.cfg.ema_decay is not None:
+            callbacks.append(ExponentialMovingAverage(self.cfg.ema_decay))
         return callbacks
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model(batch["video"], batch["queries"])
         terms = taptrv2_loss(out.layer_tracks, out.layer_apu_tracks, out.vis_logits, batch, self.loss_cfg)
-        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.model.max_consecutive_nonfinite)
+        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.max_consecutive_nonfinite)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Two AdamW groups: the ResNet at `backbone_lr`, everything else at `lr`."""
-        m = self.cfg.model
+        m = self.cfg
         backbone = [p for p in self.model.backbone_parameters() if p.requires_grad]
         backbone_ids = {id(p) for p in backbone}
         rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in backbone_ids]
@@ -105,7 +108,7 @@ class TaptrV2Module(PointTrackingModule):
                 {"params": backbone, "lr": m.backbone_lr, "name": "backbone"}]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        m = self.cfg.model
+        m = self.cfg
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=m.lr, weight_decay=m.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(m.lr_milestones),
                                                          gamma=m.lr_gamma)
@@ -113,9 +116,9 @@ class TaptrV2Module(PointTrackingModule):
 
     def predict_tracks(self, video: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tracks, visible = self._track_padded(video, queries)
-        backward = self.cfg.model.eval_backward
+        backward = self.cfg.eval_backward
         if backward is None:
-            backward = self.cfg.data.get("query_mode", "first") == "strided"
+            backward = self.query_mode == "strided"
         if backward:
             T = video.shape[1]
             back_tracks, back_visible = self._track_padded(video.flip(1), reverse_queries(queries, T))
@@ -126,7 +129,7 @@ class TaptrV2Module(PointTrackingModule):
 
     def _track_padded(self, video: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = queries.shape[1]
-        padding = self.cfg.model.eval_num_queries - n
+        padding = self.cfg.eval_num_queries - n
         if padding > 0:
             queries = torch.cat([queries, dummy_queries(video.shape, padding, queries.device).to(queries.dtype)], 1)
         out = self.model(video, queries)

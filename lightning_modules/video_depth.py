@@ -1,6 +1,6 @@
 """Video depth family: Depth Anything V2 + Tracktention fine-tuned on depth clips.
 
-Loss: per-frame SSI + gradient matching + temporal gradient matching (``depth_losses``), in
+Loss: per-frame SSI + gradient matching + temporal gradient matching (``video_depth_loss``), in
 disparity. Evaluation: per-video aligned AbsRel / delta1 and track-based temporal consistency
 (``metrics/depth.py``). Tracks come from the batch (ground truth or pre-extracted), or from a
 frozen CoTracker3 run on the fly when ``model.tracker.checkpoint`` is set (metrics still use the
@@ -22,16 +22,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks.console import HeadlineMetric
 from configs.loader import ConfigError
-from datamodules.benchmark_videos import set_protocols
+from datamodules.benchmark_videos import DepthBenchmarkDataModule
 from lightning_modules.depth_benchmark_evaluation import DepthBenchmarkRun, tracks_source
-from lightning_modules.depth_losses import DepthLossWeights, VideoDepthLoss, reciprocal_where_valid
-from lightning_modules.registry import register_family
-from lightning_modules.schedules import warmup_cosine
-from lightning_modules.video_evaluation import VideoMetricsEvaluation
 from lightning_modules.nonfinite import NonFiniteGuard
+from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, model_config, register_family
+from lightning_modules.schedules import warmup_cosine
+from lightning_modules.video_depth_loss import DepthLossWeights, VideoDepthLoss, reciprocal_where_valid
+from lightning_modules.video_evaluation import VideoMetricsEvaluation
 from metrics.depth import VideoDepthMetrics, aligned_depth
 from models.cotracker3 import CoTrackerThreeConfig
-from models.video_depth import TrackPreprocessor, VideoDepthAnything, VideoDepthConfig, build_tracker_predictor
+from models.cotracker3_predictor import TrackPreprocessor, build_tracker_predictor
+from models.video_depth import VideoDepthAnything, VideoDepthConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class VideoDepthModelConfig:
     loss: DepthLossWeights = field(default_factory=DepthLossWeights)
     tracker: OnTheFlyTrackerConfig = field(default_factory=OnTheFlyTrackerConfig)
     max_consecutive_nonfinite: int = 20
+    # From other sections (registry.py): the evaluation depth range of the data, the media cadence.
+    max_depth: float = "${oc.select:data.max_depth,80.0}"
+    media_every_n_validations: int = MEDIA_EVERY_FROM_WANDB
 
 
 def depth_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,18 +85,12 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
     headline_metrics = (HeadlineMetric("AbsRel ↓", "abs_rel"), HeadlineMetric("δ1 ↑", "delta1"),
                         HeadlineMetric("track-TAE ↓", "track_tae"), HeadlineMetric("TAE ↓", "tae"))
 
-    def __init__(self, cfg: DictConfig | dict) -> None:
+    def __init__(self, cfg: DictConfig | VideoDepthModelConfig | dict) -> None:
+        """`cfg`: the model section (registry.model_config)."""
         super().__init__()
-        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-        self.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
-        self.cfg = cfg
-        m = cfg.model
-        self.benchmark: DepthBenchmarkRun | None = None  # first: a bad benchmark config fails before any weights load
-        if cfg.data.kind == "depth_benchmark":
-            self.benchmark = DepthBenchmarkRun(set_protocols(cfg.data), cfg.data)
-            self.results_table = self.benchmark.results_table  # train.py prints it instead of its key list
-        else:
-            self.val_metrics = VideoDepthMetrics(cfg.data.max_depth)
+        self.cfg = m = model_config(cfg, VideoDepthModelConfig)
+        self.benchmark: DepthBenchmarkRun | None = None  # set up from a depth_benchmark data module (setup)
+        self.val_metrics = VideoDepthMetrics(m.max_depth)
         self.model = VideoDepthAnything(OmegaConf.to_object(m.arch))
         if m.init_from:
             self.model.load_image_weights(m.init_from)
@@ -109,12 +107,19 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
             self._tracker.append(TrackPreprocessor(predictor, m.tracker.num_tracks, backward_tracking=True))
         self.media: dict[str, torch.Tensor] | None = None
 
-    def default_callbacks(self) -> list[L.Callback]:
+    def configure_callbacks(self) -> list[L.Callback]:
         from callbacks.depth_video import DepthVideoLogger
         from callbacks.unfreeze import staged_unfreeze_callbacks
 
-        return [DepthVideoLogger(self.cfg.wandb.log_media_every_n_validations),
-                *staged_unfreeze_callbacks(self.cfg.model.unfreeze, self.model)]
+        return [DepthVideoLogger(self.cfg.media_every_n_validations),
+                *staged_unfreeze_callbacks(self.cfg.unfreeze, self.model)]
+
+    def setup(self, stage: str) -> None:
+        """With the depth benchmark's data module, validate / test run its protocol (module docstring)."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if isinstance(datamodule, DepthBenchmarkDataModule) and self.benchmark is None:
+            self.benchmark = DepthBenchmarkRun(datamodule.protocols, datamodule.cfg)
+            self.results_table = self.benchmark.results_table  # train.py prints it instead of its key list
 
     def model_tracks(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Tracks fed to the model: the on-the-fly tracker's, else the batch's; None for an image model."""
@@ -135,10 +140,10 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
         pred = self(batch)
         target, _, valid = depth_targets(batch)
         terms = self.criterion(pred, target, valid)
-        return self.finish_training_step(terms, pred.shape[0], self.cfg.model.max_consecutive_nonfinite)
+        return self.finish_training_step(terms, pred.shape[0], self.cfg.max_consecutive_nonfinite)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        m = self.cfg.model
+        m = self.cfg
         # Every parameter is registered (frozen ones get no gradient and are skipped), so staged
         # unfreezing needs no optimiser surgery; the pretrained encoder gets a scaled rate.
         encoder = [p for n, p in self.model.named_parameters() if n.startswith("image.pretrained.")]
@@ -159,9 +164,9 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
         metric.update(pred, depth, valid, batch["tracks"], batch["visible"],
                       batch.get("intrinsics") if poses is not None else None, poses)
         if self.media is None and self.global_rank == 0:
-            v = valid[0, :, 0] & (depth[0, :, 0] < self.cfg.data.max_depth)
+            v = valid[0, :, 0] & (depth[0, :, 0] < self.cfg.max_depth)
             if v.any():
-                aligned = aligned_depth(pred[0, :, 0].detach(), depth[0, :, 0].double(), v, self.cfg.data.max_depth)
+                aligned = aligned_depth(pred[0, :, 0].detach(), depth[0, :, 0].double(), v, self.cfg.max_depth)
                 self.media = {"video": batch["video"][0].detach().cpu(), "pred_depth": aligned.float().cpu(),
                               "gt_depth": depth[0, :, 0].cpu(), "valid": v.cpu()}
 
@@ -178,7 +183,7 @@ class VideoDepthModule(NonFiniteGuard, VideoMetricsEvaluation, L.LightningModule
         self.validation_step(batch, batch_idx, dataloader_idx)
 
     def on_validation_start(self) -> None:
-        if self.benchmark is not None and not self.cfg.model.init_from and self.trainer.ckpt_path is None:
+        if self.benchmark is not None and not self.cfg.init_from and self.trainer.ckpt_path is None:
             raise ConfigError("the benchmark would score an untrained model: pass model.init_from=<depth_anything_v2_"
                               "vit*.pth> (the image model) or ckpt=<a video depth run's .ckpt>")
 

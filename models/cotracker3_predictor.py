@@ -13,14 +13,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.cotracker3 import CoTrackerThree
-from models.track_ops import before_query_frame, points_on_grid, reverse_queries
+from models.track_ops import before_query_frame, points_on_grid, random_space_time_queries, reverse_queries
 
 VISIBILITY_RULES = {"vis_conf": 0.6, "vis": 0.9}
 
@@ -114,3 +116,37 @@ class CoTrackerThreePredictor(nn.Module):
         tracks[b, q_frames, n] = user_xy
         visible[b, q_frames, n] = True
         return PredictorOutput(tracks, visible, vis, conf)
+
+
+class TrackPreprocessor(nn.Module):
+    """Tracks for a video model: a frozen CoTracker3 run on random space-time queries, both ways.
+
+    ``predictor`` is a ``CoTrackerThreePredictor`` (or any callable with its signature); the
+    paper's recipe is 576 random queries tracked forwards and backwards with CoTracker3.
+    """
+
+    def __init__(self, predictor: nn.Module, num_tracks: int = 576, backward_tracking: bool = True) -> None:
+        super().__init__()
+        self.predictor = predictor.eval().requires_grad_(False)
+        self.num_tracks = num_tracks
+        self.backward_tracking = backward_tracking
+
+    def train(self, mode: bool = True) -> TrackPreprocessor:
+        return super().train(False)  # always frozen, whatever the parent module does
+
+    @torch.no_grad()
+    def forward(self, video: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """video (B, T, 3, H, W) 0..255 -> tracks (B, T, N, 2), visible (B, T, N), queries (B, N, 3)."""
+        B, T, _, H, W = video.shape
+        queries = random_space_time_queries(B, T, (H, W), self.num_tracks, generator, device=video.device)
+        out = self.predictor(video.float(), queries, backward_tracking=self.backward_tracking)
+        return out.tracks, out.visible, queries
+
+
+def build_tracker_predictor(arch: dict[str, Any], checkpoint: str | os.PathLike, iters: int = 6,
+                            support_grid_size: int = 0) -> CoTrackerThreePredictor:
+    """A CoTracker3 predictor in eval mode, its model loaded strictly from an official ``.pth`` (or a
+    ``.ckpt`` of a CoTracker3 family); ``arch`` holds CoTrackerThreeConfig keys, ``variant`` included."""
+    model = CoTrackerThree.from_config(arch)
+    model.load_official(checkpoint)
+    return CoTrackerThreePredictor(model.eval(), iters=iters, support_grid_size=support_grid_size)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from models.video_depth import random_space_time_queries
+from models.track_ops import random_space_time_queries
 
 METHODS = ("sift", "uniform")
 

@@ -1,4 +1,4 @@
-"""Sampling and embedding operations shared by point trackers.
+"""Sampling, embedding and query-drawing operations shared by point trackers.
 
 Every function here uses the tracklight point convention: (x, y) in pixels of the
 sampled map, pixel centres at integer coordinates (``align_corners=True``), and
@@ -105,3 +105,13 @@ def before_query_frame(queries: Tensor, num_frames: int) -> Tensor:
     """(B, T, N) bool: True at the frames before each query's frame (what a forward tracker cannot see)."""
     frames = torch.arange(num_frames, device=queries.device).view(1, num_frames, 1)
     return frames < queries[..., 0].round().long().unsqueeze(1)
+
+
+def random_space_time_queries(batch: int, num_frames: int, hw: tuple[int, int], num: int,
+                              generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
+    """(B, num, 3) queries (t, x, y): frame uniform over the clip, point uniform over the frame (pixels)."""
+    H, W = hw
+    # Drawn on the generator's device (CPU by default) so a seeded CPU generator also serves GPU runs.
+    u = torch.rand(batch, num, 3, generator=generator, device=generator.device if generator is not None else device)
+    t = (u[..., 0] * num_frames).floor().clamp(max=num_frames - 1)
+    return torch.stack([t, u[..., 1] * (W - 1), u[..., 2] * (H - 1)], dim=-1).to(device)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from models.checkpoint_io import CheckpointMismatchError, list_keys, load_strict, read_state_dict
 from models.tracktention import TracktentionLayerConfig, TracktentionSet
 
+
 @dataclass(frozen=True)
 class ColorizerArch:
     """Where a backbone lives: ``module.cls(module.config(...))``; ``reader`` (a function of that

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -175,64 +174,15 @@ class VideoDepthAnything(nn.Module):
         return disp
 
 
-def random_space_time_queries(batch: int, num_frames: int, hw: tuple[int, int], num: int,
-                              generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
-    """(B, num, 3) queries (t, x, y): frame uniform over the clip, point uniform over the frame (pixels)."""
-    H, W = hw
-    # Drawn on the generator's device (CPU by default) so a seeded CPU generator also serves GPU runs.
-    u = torch.rand(batch, num, 3, generator=generator, device=generator.device if generator is not None else device)
-    t = (u[..., 0] * num_frames).floor().clamp(max=num_frames - 1)
-    return torch.stack([t, u[..., 1] * (W - 1), u[..., 2] * (H - 1)], dim=-1).to(device)
-
-
-class TrackPreprocessor(nn.Module):
-    """Tracks for a video model: a frozen joint tracker run on random space-time queries, both ways.
-
-    ``predictor`` is a ``CoTrackerThreePredictor`` (or any callable with its signature); the
-    paper's recipe is 576 random queries tracked forwards and backwards with CoTracker3.
-    """
-
-    def __init__(self, predictor: nn.Module, num_tracks: int = 576, backward_tracking: bool = True) -> None:
-        super().__init__()
-        self.predictor = predictor.eval().requires_grad_(False)
-        self.num_tracks = num_tracks
-        self.backward_tracking = backward_tracking
-
-    def train(self, mode: bool = True) -> TrackPreprocessor:
-        return super().train(False)  # always frozen, whatever the parent module does
-
-    @torch.no_grad()
-    def forward(self, video: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """video (B, T, 3, H, W) 0..255 -> tracks (B, T, N, 2), visible (B, T, N), queries (B, N, 3)."""
-        B, T, _, H, W = video.shape
-        queries = random_space_time_queries(B, T, (H, W), self.num_tracks, generator, device=video.device)
-        out = self.predictor(video.float(), queries, backward_tracking=self.backward_tracking)
-        return out.tracks, out.visible, queries
-
-
-def build_tracker_predictor(arch: dict[str, Any], checkpoint: str | os.PathLike, iters: int = 6,
-                            support_grid_size: int = 0) -> nn.Module:
-    """A frozen CoTracker3 predictor loaded strictly from an official ``.pth``."""
-    from models.cotracker3 import CoTrackerThree
-    from models.cotracker3_predictor import CoTrackerThreePredictor
-
-    model = CoTrackerThree.from_config(arch)
-    model.load_official(checkpoint)
-    return CoTrackerThreePredictor(model, iters=iters, support_grid_size=support_grid_size)
-
-
 def count_parameters(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
 __all__ = [
     "DEFAULT_INNER_DIM",
-    "TrackPreprocessor",
     "TracktentionConfig",
     "VideoDepthAnything",
     "VideoDepthConfig",
-    "build_tracker_predictor",
     "count_parameters",
-    "random_space_time_queries",
     "resize_points",
 ]

@@ -260,7 +260,13 @@ def _splat_geometry(grid_hw: tuple[int, int], tile: int, radius: int, device: to
     """Per-grid constants of the splatting tiles (cached): cell token indices (T, tile^2) (0 past
     the grid edge), in-grid mask, the distance from each cell to the nearest track its tile's
     margin leaves out (inf if none can be), cell (x, y) per tile, and each token's place in the
-    flattened (T * tile^2) tile layout."""
+    flattened (T * tile^2) tile layout. Made outside inference mode: a first call under validation's
+    inference mode must not cache tensors that training's autograd then refuses."""
+    with torch.inference_mode(False):
+        return _make_splat_geometry(grid_hw, tile, radius, device)
+
+
+def _make_splat_geometry(grid_hw: tuple[int, int], tile: int, radius: int, device: torch.device) -> dict[str, Tensor]:
     h, w = grid_hw
     tiles_y, tiles_x = -(-h // tile), -(-w // tile)
     a = torch.arange(tiles_y, device=device)[:, None, None, None]

@@ -20,9 +20,10 @@ import yaml
 from omegaconf import DictConfig
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from configs.loader import load_config, override_args
+from configs.loader import override_args
 from tests.tiny_run import TINY_MODEL
 from tools.bench_train_step import PRESETS
+from train import load_config
 
 # Relative RMS error ||bf16 - float32|| / ||float32|| allowed for a family's outputs (trackers: the
 # motion from the query point, which is what the network predicts). bf16 keeps 8 significant bits, so

@@ -2,7 +2,13 @@ import torch
 
 from configs.schema import AugmentConfig
 from datamodules.augment import (
-    add_occluders, apply_affine_to_points, augment_tracking_batch, in_frame, requery, sample_affines, warp_video,
+    add_occluders,
+    apply_affine_to_points,
+    augment_tracking_batch,
+    in_frame,
+    requery,
+    sample_affines,
+    warp_video,
 )
 from models.track_ops import bilinear_sample
 

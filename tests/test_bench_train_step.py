@@ -8,10 +8,9 @@ import math
 import pytest
 import torch
 
-from configs.loader import load_config
 from models.memory_format import has_4d_weights
 from tools import bench_train_step
-from train import build_module
+from train import build_module, load_config
 
 TINY_TAPTR = ["experiment=taptrv2_tiny_synthetic", "model.arch.d_model=16", "model.arch.nheads=2",
               "model.arch.norm_groups=4", "model.arch.dim_feedforward=32", "model.arch.backbone_width=4",

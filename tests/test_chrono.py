@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import train
-from configs.loader import load_config
-from lightning_modules.chrono import ChronoLossConfig, ChronoModule, chrono_loss
+from lightning_modules.chrono import ChronoModule
+from lightning_modules.chrono_loss import ChronoLossConfig, chrono_loss
 from models.checkpoint_io import CheckpointMismatchError
 from models.chrono import (
     Chrono,
@@ -25,6 +25,7 @@ from models.chrono import (
 from models.dinov2 import imagenet_normalize
 from tests.conftest import tracking_batch
 from tests.tiny_run import TINY_MODEL, tiny_run_args
+from train import load_config
 
 # 64x64 input (8x8 tokens of patch 8); 3 blocks -> 2 adapters.
 TINY = dict(backbone="vits14", embed_dim=32, depth=3, num_heads=2, patch_size=8, backbone_img_size=64,
@@ -238,7 +239,7 @@ class CaptureTrainingState(L.Callback):
 
 def test_backbone_stays_frozen_and_in_eval_mode_while_adapters_train(tmp_path) -> None:
     _, cfg = load_config([*tiny_chrono_args(tmp_path), "model.freeze_backbone=true"])
-    module = ChronoModule(cfg)
+    module = ChronoModule(cfg.model)
     module.train()
     assert module.model.training and not module.model.dino.training
     dino_before = {k: v.clone() for k, v in module.model.dino.state_dict().items()}

@@ -8,9 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 import train
-from configs.loader import load_config
 from datamodules.synthetic import SyntheticConfig, render_clip
-from lightning_modules.colorization import arch_config, colorfulness_loss, sample_at_points, track_temporal_loss
+from lightning_modules.colorization import arch_config
+from lightning_modules.colorization_loss import colorfulness_loss, sample_at_points, track_temporal_loss
+from train import load_config
 
 TINY_MODEL = {"model.convnet.widths": "[8,16,16]", "model.convnet.depths": "[1,0,1]", "model.convnet.groups": 4,
               "model.tracktention.inner_dim": 16, "model.tracktention.num_heads": 2}

@@ -1,8 +1,7 @@
 """`trainer.compile=true` compiles the family's network in place, keeping checkpoint keys."""
 
-from configs.loader import load_config
 from tests.tiny_run import TINY_MODEL
-from train import build_module
+from train import build_module, load_config
 
 
 def test_compile_wraps_the_network_without_renaming_its_weights():

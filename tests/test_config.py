@@ -1,7 +1,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError
+from train import load_config
 
 
 def test_defaults_compose_the_cpu_tracker_on_synthetic_data():
@@ -213,7 +214,7 @@ def test_cli_errors_exit_2_with_one_line_and_help_exits_0():
 
 def test_help_lists_what_exists_from_the_config_folders_and_registries(capsys):
     import train
-    from configs.schema import DATA_KINDS, MODEL_FAMILIES
+    section_classes = train.section_classes()
 
     assert train.run(["--help"]) is None
     out = capsys.readouterr().out
@@ -222,7 +223,7 @@ def test_help_lists_what_exists_from_the_config_folders_and_registries(capsys):
     for folder in ("model", "data", "experiment"):
         for path in (REPO / "configs" / folder).glob("*.yaml"):
             assert path.stem in out, path
-    for name, cls in [*MODEL_FAMILIES.items(), *DATA_KINDS.items()]:
+    for name, cls in [*section_classes["families"].items(), *section_classes["data_kinds"].items()]:
         assert name in out and cls.__name__ in out
     assert "composition" in out and "configs/schema.py" in out
 
@@ -263,3 +264,43 @@ def test_an_experiment_for_one_family_refuses_a_preset_of_another():
                                           r"model\.family=cotracker3 model \(model=cotracker3_offline\), but "
                                           r"model=chrono_vits is model\.family=chrono"):
         load_config(["validate", "experiment=cotracker3_tapvid_davis", "model=chrono_vits", "data.path=X"])
+
+
+# --------------------------------------------------------------------------- who owns composition
+
+LIGHT_CHECK = """
+import sys
+import configs.loader
+ours = ("lightning_modules", "datamodules", "models", "callbacks", "metrics")
+assert not [m for m in sys.modules if m.split(".")[0] in ours], "configs.loader imported the tree"
+import train
+for experiment in sorted(p.stem for p in configs.loader.CONFIG_DIR.glob("experiment/*.yaml")):
+    train.load_config(["print_config", "experiment=" + experiment])
+heavy = sorted(m for m in ("av", "wandb") if m in sys.modules)
+assert not heavy, f"composing a config imported {heavy}"
+print("light")
+"""
+
+
+def test_loading_a_config_imports_neither_pyav_nor_wandb():
+    """The loader imports nothing of the tree; composing every experiment through the registries
+    (as train.py does) imports no PyAV and no W&B."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", LIGHT_CHECK], cwd=repo, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "light", done.stderr[-2000:]
+
+
+def test_the_loader_composes_with_the_section_classes_it_is_given():
+    from configs.loader import load_config as compose_with
+    from datamodules.tracking import TrackingDataConfig
+    from lightning_modules.cotracker3 import CoTracker3ModelConfig
+
+    _, cfg = compose_with([], families={"cotracker3": CoTracker3ModelConfig}, data_kinds={"tracking": TrackingDataConfig})
+    assert cfg.model.family == "cotracker3" and cfg.data.kind == "tracking"
+    with pytest.raises(ConfigError, match=r"unknown model\.family 'chrono'.*choose one of \['cotracker3'\]"):
+        compose_with(["experiment=chrono_tiny_synthetic"], families={"cotracker3": CoTracker3ModelConfig},
+                     data_kinds={"tracking": TrackingDataConfig})

@@ -16,8 +16,21 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.convert_fixtures import (H, W, make_bonn, make_kitti, make_scannet, make_sintel, project, read_clips, rgb,
-                                    rotation, save_png16, save_rgb, write_jgz)
+from tests.convert_fixtures import (
+    H,
+    W,
+    make_bonn,
+    make_kitti,
+    make_scannet,
+    make_sintel,
+    project,
+    read_clips,
+    rgb,
+    rotation,
+    save_png16,
+    save_rgb,
+    write_jgz,
+)
 from tools.convert import run
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.video_depth import build_tracker_predictor
+from models.cotracker3_predictor import build_tracker_predictor
 from tests.convert_fixtures import make_sintel, read_clips
 from tests.test_depth_extract_tracks import TINY_TRACKER, tracker_ckpt  # noqa: F401 (fixture)
 from tools import extract_tracks

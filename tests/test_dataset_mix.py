@@ -135,7 +135,7 @@ def test_val_sets_combine_with_a_single_training_set(tmp_path, two_sets):
 
 
 def test_the_video_mix_preset_requires_the_sets():
-    from configs.loader import load_config
+    from train import load_config
 
     base = ["experiment=depth_anything_vits_tracktention", "data=video_mix", "model.init_from=w.pth"]
     with pytest.raises(ConfigError, match=r"required config keys not set: \['data.train_sets\[0\].name'"):

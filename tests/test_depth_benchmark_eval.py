@@ -21,19 +21,20 @@ import pytest
 import torch
 
 import train
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError, override_args
 from datamodules.benchmark_videos import BenchmarkVideos, inference_input_size, protocol_video, set_protocols
 from datamodules.depth_benchmarks import NYU_CROP, SCANNET_CROP, benchmark_set
 from datamodules.shards import ShardFormatError, expand_shards
 from datamodules.video_files import VideoReader
 from lightning_modules.depth_benchmark_evaluation import video_disparity, window_tracks
-from lightning_modules.predict_video import depth_video
 from metrics.depth_benchmark import VideoDepthBenchmarkMetric
-from models.video_depth import TrackPreprocessor, build_tracker_predictor
+from models.cotracker3_predictor import TrackPreprocessor, build_tracker_predictor
 from models.video_windows import window_ranges
 from tests.convert_fixtures import make_bonn, make_kitti, make_scannet, make_sintel, read_clips, save_rgb
 from tests.test_depth_extract_tracks import TINY_TRACKER
 from tools.convert import run as convert
+from tools.predict_video import depth_video
+from train import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ["sintel", "scannet", "kitti", "bonn", "nyuv2", "scannet_tae"]
@@ -90,7 +91,7 @@ def bench_args(bench: dict, run_dir: Path, tracker: bool = True, **extra: object
         args += [f"model.tracker.checkpoint={bench['tracker']}", f"model.tracker.num_tracks={NUM_TRACKS}",
                  "model.tracker.iters=1"]
         args += [f"model.tracker.arch.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in TINY_TRACKER.items()]
-    return args + [f"{k}={v}" for k, v in extra.items()]
+    return [args[0], *override_args(args[1:], [f"{k}={v}" for k, v in extra.items()])]  # args[0]: the command
 
 
 def trained_checkpoint(args: list[str], path: Path) -> Path:
@@ -104,7 +105,7 @@ def trained_checkpoint(args: list[str], path: Path) -> Path:
         for name, p in module.model.named_parameters():
             if name.startswith("tracktention.") and name.endswith("out_proj.weight"):
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
-    torch.save({"state_dict": module.state_dict(), "pytorch-lightning_version": L.__version__}, path)
+    torch.save({"state_dict": module.state_dict(), "pytorch-lightning_version": L.__version__, "global_step": 0}, path)
     return path
 
 

@@ -14,7 +14,7 @@ from datamodules.shard_reader import SkipCounter, iter_shard
 from datamodules.shards import decode_clip, expand_shards
 from datamodules.video import VideoDataConfig, VideoDataModule
 from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
-from models.video_depth import build_tracker_predictor
+from models.cotracker3_predictor import build_tracker_predictor
 from tools import extract_tracks
 
 REPO = Path(__file__).resolve().parents[1]

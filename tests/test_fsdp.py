@@ -18,8 +18,8 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from torch.distributed.fsdp import FullyShardedDataParallel
 
 import train
-from configs.loader import load_config
 from tests.tiny_run import tiny_run_args
+from train import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_RUN = {"trainer.accelerator": "cpu", "trainer.devices": "auto", "trainer.num_nodes": "auto",

@@ -16,8 +16,9 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 import train
 from callbacks.fsdp import FSDPNormClipping, TracklightFSDPStrategy
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError
 from tests.tiny_run import tiny_run_args
+from train import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN_ENV = {"TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "RANK": "0",
@@ -53,7 +54,7 @@ def test_srun_gets_lightnings_slurm_environment_with_requeue_on_sigusr1(monkeypa
     cfg = _cfg(*tiny_run_args(tmp_path, **{"trainer.devices": "auto", "trainer.num_nodes": "auto",
                                            "logger": "none"}))
     assert train.resolve_layout(cfg) == (1, 1)
-    trainer = train.build_trainer(cfg, train.build_module(cfg))
+    trainer = train.build_trainer(cfg)
     env = trainer._accelerator_connector.cluster_environment  # what Lightning's signal handling consults
     assert isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal == signal.SIGUSR1
     cfg.trainer.slurm_auto_requeue = False

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 
 import train
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError
 from tests.tiny_run import tiny_run_args
+from train import load_config
 
 
 def test_malformed_max_time_is_a_config_error(tmp_path):
     _, cfg = load_config(tiny_run_args(tmp_path) + ["trainer.max_time=4h"])
     with pytest.raises(ConfigError, match=r"trainer.max_time='4h': expected DD:HH:MM:SS"):
-        train.build_trainer(cfg, train.build_module(cfg))
+        train.build_trainer(cfg)
 
 
 def test_max_time_stops_training_and_validates_at_the_stop(tmp_path):

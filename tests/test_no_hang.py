@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import write_clips
-from tests.test_fault_tolerance import Training, TorchrunTraining
+from tests.test_fault_tolerance import TorchrunTraining, Training
 from tests.tiny_run import tiny_run_args
 
 BOUND_S = 90  # generous: a hang is forever, a loaded CI machine is slow

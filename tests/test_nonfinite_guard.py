@@ -26,9 +26,9 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
 
 
 def test_non_finite_steps_are_logged_as_skipped_and_never_checkpointed(tmp_path, monkeypatch, caplog):
-    from lightning_modules import tracker
+    from lightning_modules import cotracker3 as tracker
 
-    real, calls = tracker.tracker_loss, []
+    real, calls = tracker.cotracker3_loss, []
 
     def poisoned(*args, **kwargs):  # noqa: ANN002, ANN003
         terms = real(*args, **kwargs)
@@ -37,7 +37,7 @@ def test_non_finite_steps_are_logged_as_skipped_and_never_checkpointed(tmp_path,
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(tracker, "tracker_loss", poisoned)
+    monkeypatch.setattr(tracker, "cotracker3_loss", poisoned)
     args = tiny_run_args(tmp_path, **{"trainer.max_steps": 4, "trainer.val_check_interval": 1000,
                                       "checkpoint.monitor": "null", "checkpoint.every_n_steps": 1})
     with caplog.at_level(logging.WARNING):

@@ -255,7 +255,7 @@ def test_requests_that_cannot_run_are_refused_up_front(video, weights, tmp_path,
     code, _, err = run_cli([*track, "--grid", "5", "--out", str(existing)], capsys)
     assert code == 2 and f"--out {existing}: exists and is not a directory" in err
     # Memory: 24 points (+ the 6x6 support grid) against a machine with 1 MiB free.
-    monkeypatch.setattr("lightning_modules.predict_video.available_memory", lambda device: 2**20)
+    monkeypatch.setattr("tools.predict_video.available_memory", lambda device: 2**20)
     code, _, err = run_cli([*track, "--grid", "24", *out], capsys)
     assert code == 2 and "--grid 24: 612 points need at least" in err and "free on cpu; track fewer points" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "pred").exists()

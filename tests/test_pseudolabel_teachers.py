@@ -6,13 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from configs.loader import load_config
 from lightning_modules.pseudolabel_targets import make_pseudo_labels
 from lightning_modules.pseudolabel_teachers import Teacher, TeacherConfig, TeacherError, TeacherSet, load_teacher
-from lightning_modules.registry import FAMILY_MODULES
 from models.cotracker3 import CoTrackerThree
 from models.keypoint_queries import KeypointQuerySampler, QuerySamplingConfig
 from tests.tiny_run import TINY_MODEL
+from train import build_module, load_config
 
 TINY_ARCH = dict(window_len=4, latent_dim=8, corr_levels=2, corr_radius=1, corr_hidden_dim=16, corr_out_dim=8,
                  hidden_size=16, num_heads=2, time_depth=1, space_depth=1, num_virtual_tracks=4, posenc_freqs=2,
@@ -30,7 +29,7 @@ def official(tmp_path, variant: str) -> TeacherConfig:
 def tracklight_ckpt(tmp_path, name: str, argv: list[str]) -> TeacherConfig:
     """A .ckpt as train.py writes it (config in hyper_parameters, weights in state_dict)."""
     _, cfg = load_config([*argv, f"run_dir={tmp_path / name}"])
-    module = FAMILY_MODULES[cfg.model.family](cfg)
+    module = build_module(cfg)
     path = tmp_path / f"{name}.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": OmegaConf.to_container(cfg, resolve=True)}, path)
     return TeacherConfig(checkpoint=str(path), kind="tracklight")

@@ -6,15 +6,16 @@ import pytest
 import torch
 
 import train
-from configs.loader import load_config, override_args
+from configs.loader import override_args
 from datamodules.shard_reader import SkipCounter, iter_shard
 from datamodules.shards import ShardWriter, decode_clip, expand_shards
 from datamodules.synthetic import SyntheticConfig, generate_clip
-from lightning_modules.cotracker3_pseudolabel import PseudoLabelTrackerModule
-from lightning_modules.tracker import TrackerModule
+from lightning_modules.cotracker3 import CoTracker3Module
+from lightning_modules.cotracker3_pseudolabel import CoTracker3PseudolabelModule
 from models.cotracker3 import CoTrackerThree
 from tests.tiny_run import TINY_MODEL
 from tools import extract_tracks
+from train import load_config
 
 TINY_ARCH = ("{window_len: %d, latent_dim: 8, corr_levels: 2, corr_radius: 1, corr_hidden_dim: 16, corr_out_dim: 8, "
              "hidden_size: 16, num_heads: 2, time_depth: 1, space_depth: 1, num_virtual_tracks: 4, posenc_freqs: 2, "
@@ -59,14 +60,14 @@ def test_train_py_fine_tunes_from_a_checkpoint_with_frozen_teachers(setup, tmp_p
     # The student starts from a .ckpt of the cotracker3 family (a "Kubric" run).
     _, kubric_cfg = load_config([*override_args(TINY_MODEL, ["model.arch.model_resolution=[64,64]"]),
                                  f"run_dir={tmp_path / 'k'}"])
-    kubric = TrackerModule(kubric_cfg)
+    kubric = CoTracker3Module(kubric_cfg.model)
     start = tmp_path / "kubric.ckpt"
     torch.save({"state_dict": kubric.state_dict(), "hyper_parameters": {}}, start)
 
     trainer = train.run(run_args(setup, tmp_path, f"model.init_from={start}", "trainer.max_steps=3",
                                  "trainer.val_check_interval=3"))
     module = trainer.lightning_module
-    assert isinstance(module, PseudoLabelTrackerModule) and len(module.teachers) == 2
+    assert isinstance(module, CoTracker3PseudolabelModule) and len(module.teachers) == 2
     before, after = kubric.model.state_dict(), module.model.state_dict()
     assert torch.equal(before["updateformer.vis_conf_head.weight"], after["updateformer.vis_conf_head.weight"])
     assert not torch.equal(before["updateformer.flow_head.weight"], after["updateformer.flow_head.weight"])
@@ -78,7 +79,7 @@ def test_train_py_fine_tunes_from_a_checkpoint_with_frozen_teachers(setup, tmp_p
     assert all(k.startswith("model.") for k in ckpt["state_dict"])
     _, plain = load_config([*override_args(TINY_MODEL, ["model.arch.model_resolution=[64,64]"]), f"run_dir={tmp_path / 'p'}",
                             f"model.init_from={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"])
-    assert torch.equal(TrackerModule(plain).model.corr_mlp.fc1.weight, module.model.corr_mlp.fc1.weight)
+    assert torch.equal(CoTracker3Module(plain.model).model.corr_mlp.fc1.weight, module.model.corr_mlp.fc1.weight)
     # ... and as a teacher of a next round (no teacher files needed to load it).
     from lightning_modules.pseudolabel_teachers import TeacherConfig, load_teacher
 
@@ -90,10 +91,10 @@ def test_train_py_fine_tunes_from_a_checkpoint_with_frozen_teachers(setup, tmp_p
 def test_config_names_what_is_missing(setup, tmp_path):
     with pytest.raises(ValueError, match="trains on data.kind='unlabelled_videos'"):
         _, cfg = load_config([*TINY_MODEL, "model.family=cotracker3_pseudolabel", f"run_dir={tmp_path}"])
-        PseudoLabelTrackerModule(cfg).setup("fit")
+        CoTracker3PseudolabelModule(cfg.model).setup("fit")
     _, cfg = load_config(run_args(setup, tmp_path, "model.teachers=[]"))
     with pytest.raises(ValueError, match="no teachers"):
-        PseudoLabelTrackerModule(cfg).setup("fit")
+        CoTracker3PseudolabelModule(cfg.model).setup("fit")
 
 
 @pytest.mark.slow
@@ -101,7 +102,7 @@ def test_overfitting_one_pseudo_labelled_batch_drives_the_loss_down(setup, tmp_p
     torch.manual_seed(0)
     _, cfg = load_config(run_args(setup, tmp_path, "model.arch.hidden_size=32", "model.arch.latent_dim=16",
                                   "model.arch.corr_out_dim=16"))
-    module = PseudoLabelTrackerModule(cfg)
+    module = CoTracker3PseudolabelModule(cfg.model)
     module.setup("fit")
     clip = generate_clip(7, SyntheticConfig(height=64, width=64, num_frames=8, num_tracks=64, domain="plaid"))
     video = torch.from_numpy(clip["frames"]).permute(0, 3, 1, 2)[None].float()
@@ -143,7 +144,7 @@ def test_shared_draws_agree_across_ranks_and_per_rank_draws_do_not(setup, tmp_pa
     from lightning_modules.cotracker3_pseudolabel import teacher_generator
 
     _, cfg = load_config(run_args(setup, tmp_path))
-    module = PseudoLabelTrackerModule(cfg)
+    module = CoTracker3PseudolabelModule(cfg.model)
     module.setup("fit")
 
     def draws(mode, rank):

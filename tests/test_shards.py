@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from datamodules.shard_reader import SkipCounter, iter_shard
-from datamodules.shards import SCHEMA_VERSION, CorruptSampleError, ShardFormatError, ShardWriter, decode_clip, encode_clip, expand_shards
+from datamodules.shards import (
+    SCHEMA_VERSION,
+    CorruptSampleError,
+    ShardFormatError,
+    ShardWriter,
+    decode_clip,
+    encode_clip,
+    expand_shards,
+)
 from datamodules.synthetic import generate_clip
 from tests.conftest import TINY
 

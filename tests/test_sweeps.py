@@ -21,11 +21,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 import train
-from configs.loader import load_config, override_args
+from configs.loader import override_args
 from datamodules.synthetic import SyntheticConfig, generate_clip
 from models.cotracker3 import CoTrackerThree
 from tests.conftest import write_clips
 from tests.tiny_run import TINY_MODEL
+from train import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_DIR = REPO / "configs" / "sweep"
@@ -199,7 +200,7 @@ def test_a_drawn_trial_trains_a_step_from_the_agent_command_line(name, local_dat
 
     assert trainer.global_step == 1
     assert sweep["metric"]["name"] in trainer.callback_metrics  # the optimised key is really logged
-    cfg = trainer.lightning_module.cfg
+    cfg = OmegaConf.create(dict(trainer.lightning_module.hparams))  # the run's config, as train.py saved it
     for key in swept_keys(sweep):  # every rank builds from argv, so these are the values in use
         assert config_value(cfg, key) == params[key]["value"], key
     run_dir = tmp_path / "run" / "trial7"  # one directory per trial, named by the agent's run id

@@ -6,16 +6,15 @@ import math
 
 import pytest
 import torch
-from omegaconf import open_dict
 
 import train
 from callbacks.ema import ExponentialMovingAverage
-from configs.loader import load_config
 from lightning_modules.taptrv2 import TaptrV2Module
 from lightning_modules.taptrv2_loss import TaptrV2LossConfig, taptrv2_loss
 from models.taptrv2 import TaptrV2, TaptrV2Config
 from tests.conftest import tracking_batch
 from tests.tiny_run import TINY_MODEL, tiny_run_args
+from train import load_config
 
 LN2 = math.log(2.0)
 
@@ -150,7 +149,7 @@ def tiny_taptr_args(tmp_path, **extra: object) -> list[str]:
 def test_optimiser_groups_schedule_and_ema_callback(tmp_path) -> None:
     _, cfg = load_config(tiny_taptr_args(tmp_path, **{"model.lr": 2e-4, "model.backbone_lr": 1e-5,
                                                       "model.lr_milestones": "[3,5]"}))
-    module = TaptrV2Module(cfg)
+    module = TaptrV2Module(cfg.model)
     groups = module.parameter_groups()
     backbone_ids = {id(p) for p in module.model.backbone.parameters()}
     assert [g["lr"] for g in groups] == [2e-4, 1e-5]
@@ -166,15 +165,15 @@ def test_optimiser_groups_schedule_and_ema_callback(tmp_path) -> None:
         opt.step()
         sched.step()
     assert lrs == pytest.approx([2e-4] * 3 + [2e-5] * 2 + [2e-6])
-    emas = [c for c in module.default_callbacks() if isinstance(c, ExponentialMovingAverage)]
+    emas = [c for c in module.configure_callbacks() if isinstance(c, ExponentialMovingAverage)]
     assert len(emas) == 1 and emas[0].decay == cfg.model.ema_decay
     cfg.model.ema_decay = None
-    assert not any(isinstance(c, ExponentialMovingAverage) for c in module.default_callbacks())
+    assert not any(isinstance(c, ExponentialMovingAverage) for c in module.configure_callbacks())
 
 
 def test_evaluation_pads_queries_with_seeded_dummies_and_returns_the_real_ones(tmp_path) -> None:
     _, cfg = load_config(tiny_taptr_args(tmp_path, **{"model.eval_num_queries": 20}))
-    module = TaptrV2Module(cfg).eval()
+    module = TaptrV2Module(cfg.model).eval()
     seen = []
     forward = module.model.forward
     module.model.forward = lambda video, queries: seen.append(queries.clone()) or forward(video, queries)
@@ -195,9 +194,8 @@ def test_evaluation_pads_queries_with_seeded_dummies_and_returns_the_real_ones(t
 @pytest.mark.parametrize("query_mode, backward", [("strided", None), ("first", True)])
 def test_frames_before_the_query_come_from_the_time_reversed_pass(tmp_path, query_mode, backward) -> None:
     _, cfg = load_config(tiny_taptr_args(tmp_path, **{"model.eval_backward": "null" if backward is None else backward}))
-    with open_dict(cfg.data):
-        cfg.data.query_mode = query_mode  # as the TAP-Vid data config sets it
-    module = TaptrV2Module(cfg)
+    cfg.model.query_mode = query_mode  # as it follows data.query_mode of a TAP-Vid data config
+    module = TaptrV2Module(cfg.model)
     calls = []
 
     def fake_pass(video, queries):  # forward pass: zeros / occluded; reversed pass: ones / visible
@@ -216,7 +214,7 @@ def test_frames_before_the_query_come_from_the_time_reversed_pass(tmp_path, quer
 
 def test_first_mode_evaluation_runs_forwards_only(tmp_path) -> None:
     _, cfg = load_config(tiny_taptr_args(tmp_path))
-    module = TaptrV2Module(cfg)
+    module = TaptrV2Module(cfg.model)
     calls = []
     module._track_padded = lambda video, queries: calls.append(1) or (torch.zeros(1, 8, 1, 2), torch.ones(1, 8, 1, dtype=torch.bool))
     module.predict_tracks(torch.zeros(1, 8, 3, 32, 32), torch.tensor([[[3.0, 1.0, 1.0]]]))

@@ -202,7 +202,7 @@ def test_robotap_splits_merge_and_config(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(FileNotFoundError, match=r"robotap_split\*\.pkl"):
         TapVidDataset(tmp_path, "robotap")
 
-    from configs.loader import load_config
+    from train import load_config
 
     monkeypatch.setenv("TAPVID_ROBOTAP", str(folder))
     _, cfg = load_config(["validate", "data=tapvid_robotap"])

@@ -113,7 +113,7 @@ def _random_video(seed: int, n: int, num_frames: int = 8) -> dict[str, torch.Ten
 
 
 def test_mean_over_videos_is_plain_not_pooled() -> None:
-    T, F = True, False
+    T = True
     # Video A: one point, scored frame 1 exactly right -> pts_within_1 = 1.
     a = _video([[0.0, 0.0]], [[T, T]], [[T, T]], [0.0])
     # Video B: three points, each scored frame 5 px off -> pts_within_1 = 0.

@@ -9,8 +9,15 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
-from callbacks.throughput import (MetricsProgressBar, ThroughputMonitor, batch_counts, count_flops, peak_flops,
-                                  precision_kind, total_grad_norm)
+from callbacks.throughput import (
+    MetricsProgressBar,
+    ThroughputMonitor,
+    batch_counts,
+    count_flops,
+    peak_flops,
+    precision_kind,
+    total_grad_norm,
+)
 
 B, T, N = 2, 3, 5
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from models.tracktention import (
-    TrackTransformer,
     Tracktention,
     TracktentionSet,
+    TrackTransformer,
     gaussian_bias,
     grid_positions,
     grid_to_pixels,

@@ -61,16 +61,16 @@ def test_fit_saves_config_and_checkpoints_then_validate_prints_results(tmp_path,
 def test_nan_loss_steps_are_skipped_and_a_run_of_them_stops_training(tmp_path, monkeypatch):
     import pytest
 
-    from lightning_modules import tracker
+    from lightning_modules import cotracker3 as tracker
 
-    real = tracker.tracker_loss
+    real = tracker.cotracker3_loss
 
     def poisoned(*a, **k):
         terms = real(*a, **k)
         terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(tracker, "tracker_loss", poisoned)
+    monkeypatch.setattr(tracker, "cotracker3_loss", poisoned)
     args = tiny_run_args(tmp_path, **{"trainer.max_steps": 50, "trainer.val_check_interval": 1000,
                                       "model.max_consecutive_nonfinite": 3, "checkpoint.every_n_steps": 1})
     with pytest.raises(RuntimeError, match="3 consecutive non-finite losses"):

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import train
-from configs.loader import load_config
-from lightning_modules.tracker import TrackerModule
+from configs.loader import override_args
+from lightning_modules.cotracker3 import CoTracker3Module
 from tests.tiny_run import TINY_MODEL, tiny_run_args
 from tools import convert_kubric
+from train import load_config
 
 
 def _main(args: list[str], monkeypatch, capsys) -> str:  # noqa: ANN001
@@ -81,12 +82,12 @@ def test_a_truncated_checkpoint_is_named_with_its_key(tmp_path, truncated, monke
 
 
 def test_a_wrong_checkpoint_lists_every_mismatched_key(tmp_path, monkeypatch, capsys):
-    _, cfg = load_config([*TINY_MODEL, "model.arch.hidden_size=32", "model.arch.num_virtual_tracks=8"])
-    other = TrackerModule(cfg)
+    _, cfg = load_config(override_args(TINY_MODEL, ["model.arch.hidden_size=32", "model.arch.num_virtual_tracks=8"]))
+    other = CoTracker3Module(cfg.model)
     path = tmp_path / "other.ckpt"
-    torch.save({"state_dict": other.state_dict()}, path)
+    torch.save({"state_dict": other.state_dict(), "global_step": 0}, path)
     err = _main(["validate", *_args(tmp_path, ckpt=str(path))], monkeypatch, capsys)
-    mine = TrackerModule(load_config(TINY_MODEL)[1]).state_dict()
+    mine = CoTracker3Module(load_config(TINY_MODEL)[1].model).state_dict()
     differing = [k for k, v in other.state_dict().items() if k not in mine or mine[k].shape != v.shape]
     assert len(differing) > 40  # more than the old listing showed
     assert f"ckpt='{path}' does not match this model" in err

@@ -8,7 +8,7 @@ import torch
 
 import train
 from callbacks.unfreeze import set_trainable
-from configs.loader import load_config
+from train import load_config
 
 
 def tiny_args(tmp: Path, **extra: object) -> list[str]:

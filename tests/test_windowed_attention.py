@@ -294,3 +294,13 @@ def test_cuda_windowed_equals_dense_in_float32_and_runs_under_bf16() -> None:
             b = windowed(tokens, points, (37, 37), image, vis, num_prefix_tokens=1).float() - tokens
     assert torch.isfinite(b).all()
     assert (a - b).abs().max() <= 0.05 * a.abs().max()  # bf16 rounding, both paths
+
+
+def test_cached_splat_geometry_made_under_inference_mode_serves_autograd_later():
+    from models.windowed_attention import _splat_geometry
+
+    _splat_geometry.cache_clear()
+    with torch.inference_mode():
+        first = _splat_geometry((5, 7), 4, 1, torch.device("cpu"))
+    assert not any(t.is_inference() for t in first.values())  # validation first, then training steps
+    _splat_geometry.cache_clear()

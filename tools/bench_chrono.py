@@ -1,4 +1,4 @@
-"""Chrono vs the joint tracker (CoTracker3 predictor): points per second, same clip, one run.
+"""Chrono vs CoTracker3 (its predictor): points per second, same clip, one run.
 
     python tools/bench_chrono.py --backbone vitb14 --feature-grid 64 --frames 24 --points 256 --size 256
     python tools/bench_chrono.py --backbone vits14 --feature-grid 16 --frames 8 --points 64   # small CPU run
@@ -6,7 +6,7 @@
 Both models get random weights (their cost does not depend on the values), the same video
 (B=1, T frames, size x size, 0..255) and the same queries, under torch.no_grad() in float32
 on one device. Chrono runs its full inference (DINOv2 + adapters at feature_grid * 14 pixels,
-correlation, soft-argmax, occlusion head); the joint tracker runs CoTrackerThreePredictor with
+correlation, soft-argmax, occlusion head); CoTracker3 runs CoTrackerThreePredictor with
 the published architecture, `--iters` refinement iterations and no support grid. One warm-up
 call each, then the median of `--repeats` timed calls. Points per second = tracked query points
 / seconds for the whole clip. Also prints the trainable parameters Chrono adds to DINOv2 ViT-S
@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.chrono import Chrono, ChronoConfig  # noqa: E402
-from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig  # noqa: E402
-from models.cotracker3_predictor import CoTrackerThreePredictor  # noqa: E402
+from models.chrono import Chrono, ChronoConfig
+from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
+from models.cotracker3_predictor import CoTrackerThreePredictor
 
 
 def adapter_parameters(backbone: str) -> int:

@@ -15,7 +15,6 @@ converter must do at least). Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.synthetic import SyntheticConfig, generate_clip  # noqa: E402
-from datamodules.video_files import Mp4Writer  # noqa: E402
-from tools.convert import run  # noqa: E402
+from datamodules.synthetic import SyntheticConfig, generate_clip
+from datamodules.video_files import Mp4Writer
+from tools.convert import run
 
 
 def scene(frames: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

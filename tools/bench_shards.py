@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +21,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.safe_pickle import load_object_npy  # noqa: E402
-from datamodules.shard_reader import SkipCounter, iter_shard  # noqa: E402
-from datamodules.shards import ShardWriter, decode_clip, decode_into_tensor  # noqa: E402
-from datamodules.synthetic import SyntheticConfig, generate_clip  # noqa: E402
+from datamodules.safe_pickle import load_object_npy
+from datamodules.shard_reader import SkipCounter, iter_shard
+from datamodules.shards import ShardWriter, decode_clip, decode_into_tensor
+from datamodules.synthetic import SyntheticConfig, generate_clip
 
 
 def write_png_folders(root: Path, clips: list[dict]) -> None:

@@ -1,4 +1,4 @@
-"""TAPTRv2 vs the joint tracker (CoTracker3 offline): time, memory and FLOPs per clip, same clip, same run.
+"""TAPTRv2 vs CoTracker3 offline: time, memory and FLOPs per clip, same clip, same run.
 
 Both models have their published sizes and random weights (cost does not depend on the values) and
 track the same queries on the same video; each model resizes the video to its own
@@ -26,16 +26,13 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig  # noqa: E402
-from models.cotracker3_predictor import CoTrackerThreePredictor  # noqa: E402
-from models.taptrv2 import TaptrV2, TaptrV2Config  # noqa: E402
+from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
+from models.cotracker3_predictor import CoTrackerThreePredictor
+from models.taptrv2 import TaptrV2, TaptrV2Config
 
 
 def build(model: str, resolution: tuple[int, int], iters: int) -> tuple[torch.nn.Module, object]:

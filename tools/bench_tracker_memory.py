@@ -33,9 +33,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.cotracker3 import CoTrackerThree  # noqa: E402
+from models.cotracker3 import CoTrackerThree
 
 PRESETS = {
     "reduced": dict(latent_dim=32, hidden_size=64, num_heads=4, time_depth=2, space_depth=2, num_virtual_tracks=16,

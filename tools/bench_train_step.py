@@ -63,10 +63,8 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from callbacks.throughput import peak_flops, precision_kind  # noqa: E402
-from tools.bench_tracker_memory import proc_kib  # noqa: E402
+from callbacks.throughput import peak_flops, precision_kind
+from tools.bench_tracker_memory import proc_kib
 
 FAMILIES = ("cotracker3", "chrono", "taptrv2", "video_depth", "colorization")
 # Config overrides per family; the tiny ones are the CPU demo experiments, trained from scratch.
@@ -108,7 +106,8 @@ def family_overrides(family: str, size: str, cache_dir: str, extra: list[str]) -
 
 def load_bench_config(overrides: list[str]) -> Any:
     """The resolved config, with the synthetic clips sized to the config's crop, clip length and batch."""
-    from configs.loader import load_config, override_args
+    from configs.loader import override_args
+    from train import load_config
 
     _, cfg = load_config(overrides)
     d = cfg.data
@@ -209,7 +208,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         accelerator=device.type, devices=1, precision=precision,
         max_steps=args.warmup + args.steps, limit_val_batches=0, num_sanity_val_steps=0,
         gradient_clip_val=cfg.trainer.gradient_clip_val, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer, *module.default_callbacks()],
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )
     attention = sdpa_kernel(SDPBackend.MATH) if args.variant == "sdpa_math" else nullcontext()
     with attention:

@@ -39,16 +39,14 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.tracktention import ATTENTION_IMPLS, set_attention  # noqa: E402
-from models.video_depth import (  # noqa: E402
+from models.tracktention import ATTENTION_IMPLS, set_attention
+from models.video_depth import (
     TracktentionConfig,
     VideoDepthAnything,
     VideoDepthConfig,
     count_parameters,
 )
-from tools.bench_tracker_memory import proc_kib  # noqa: E402
+from tools.bench_tracker_memory import proc_kib
 
 IMAGE = "image"
 # --tiny: a narrow 4-block architecture for exercising this script in tests (not a benchmark).
@@ -226,8 +224,7 @@ def count_flops(encoder: str, size: int, frames: int, tracks: int, tiny: bool = 
 def bench_tracker(frames: int, size: int, queries: int, resolution: tuple[int, int], repeats: int,
                   device: torch.device) -> float:
     from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
-    from models.cotracker3_predictor import CoTrackerThreePredictor
-    from models.video_depth import TrackPreprocessor
+    from models.cotracker3_predictor import CoTrackerThreePredictor, TrackPreprocessor
 
     torch.manual_seed(0)
     model = CoTrackerThree(CoTrackerThreeConfig(variant="offline", model_resolution=resolution)).to(device).eval()

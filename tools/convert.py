@@ -20,11 +20,9 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.conversion import ConvertOptions, convert, cpu_count, format_summary  # noqa: E402
-from datamodules.depth_benchmarks import BENCHMARKS  # noqa: E402
-from datamodules.sources import SOURCES, benchmark_meta, benchmark_set, select_benchmark  # noqa: E402
+from datamodules.conversion import ConvertOptions, convert, cpu_count, format_summary
+from datamodules.depth_benchmarks import BENCHMARKS
+from datamodules.sources import SOURCES, benchmark_meta, benchmark_set, select_benchmark
 
 log = logging.getLogger("convert")
 

@@ -28,10 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.safe_pickle import load_object_npy  # noqa: E402
-from datamodules.shards import ShardWriter, encode_clip  # noqa: E402
+from datamodules.safe_pickle import load_object_npy
+from datamodules.shards import ShardWriter, encode_clip
 
 log = logging.getLogger("convert_kubric")
 

@@ -25,17 +25,14 @@ Every training and validation runs `train.py` with the printed arguments.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from datamodules.shards import ShardWriter  # noqa: E402
-from datamodules.synthetic import SyntheticConfig, generate_clip  # noqa: E402
+import train
+from datamodules.shards import ShardWriter
+from datamodules.synthetic import SyntheticConfig, generate_clip
 
 VAL_SEED0 = 100_000  # plaid evaluation clips: seeds disjoint from the training videos
 
@@ -122,11 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.control and not finished(control, args.finetune_steps):
         run_train([*common(control, "pl_demo_control"), *schedule, "data.num_workers=1", "seed=7"])
 
-    rows = [("teacher (domain A, %d steps)" % args.teacher_steps, teacher),
-            ("student start (domain A, %d steps)" % args.student_steps, student),
-            ("student fine-tuned on unlabelled plaid, pseudo-labels (%d steps)" % args.finetune_steps, finetuned)]
+    rows = [(f"teacher (domain A, {args.teacher_steps} steps)", teacher),
+            (f"student start (domain A, {args.student_steps} steps)", student),
+            (f"student fine-tuned on unlabelled plaid, pseudo-labels ({args.finetune_steps} steps)", finetuned)]
     if args.control:
-        rows.append(("control: student + %d more labelled domain-A steps" % args.finetune_steps, control))
+        rows.append((f"control: student + {args.finetune_steps} more labelled domain-A steps", control))
     table = []
     for label, run_dir in rows:
         metrics = evaluate(run_dir / "checkpoints" / "last.ckpt", plaid / "val", out / "eval" / run_dir.name,

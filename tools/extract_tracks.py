@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,13 +37,11 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.clip_sampling import clip_id  # noqa: E402
-from datamodules.shard_reader import SkipCounter, iter_clips  # noqa: E402
-from datamodules.shards import CorruptSampleError, ShardWriter, encode_clip, expand_shards  # noqa: E402
-from models.cotracker3 import CoTrackerThreeConfig  # noqa: E402
-from models.video_depth import TrackPreprocessor, build_tracker_predictor  # noqa: E402
+from datamodules.clip_sampling import clip_id
+from datamodules.shard_reader import SkipCounter, iter_clips
+from datamodules.shards import CorruptSampleError, ShardWriter, encode_clip, expand_shards
+from models.cotracker3 import CoTrackerThreeConfig
+from models.cotracker3_predictor import TrackPreprocessor, build_tracker_predictor
 
 log = logging.getLogger("extract_tracks")
 
@@ -169,9 +166,9 @@ def pseudo_label_extractor(train_args: list[str], seed: int) -> L.LightningModul
     """The pseudo-label extractor configured by a training run's arguments (its teachers and sampling)."""
     from omegaconf import OmegaConf
 
-    from configs.loader import load_config
     from lightning_modules.pseudolabel_extraction import PseudoLabelExtractor
     from lightning_modules.pseudolabel_teachers import TeacherSet
+    from train import load_config
 
     _, cfg = load_config(["fit", *train_args])
     if cfg.model.family != "cotracker3_pseudolabel" or cfg.data.kind != "unlabelled_videos":

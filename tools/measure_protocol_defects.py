@@ -23,17 +23,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from metrics.depth import depth_from_disparity, fit_scale_shift, temporal_alignment_error  # noqa: E402
-from metrics.depth_benchmark import (  # noqa: E402
+from metrics.depth import depth_from_disparity, fit_scale_shift, temporal_alignment_error
+from metrics.depth_benchmark import (
     VideoDepthBenchmarkMetric,
     crop_intrinsics,
     crop_slices,

@@ -32,10 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.cotracker3 import CoTrackerThree  # noqa: E402
-from models.cotracker3_predictor import CoTrackerThreePredictor  # noqa: E402
+from models.cotracker3 import CoTrackerThree
+from models.cotracker3_predictor import CoTrackerThreePredictor
 
 TARGET = 1e-4
 

@@ -43,17 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.checkpoint_io import load_strict  # noqa: E402
-from models.ddcolor import (  # noqa: E402
+from models.checkpoint_io import load_strict
+from models.ddcolor import (
     ENCODERS,
     DDColor,
     DDColorConfig,
     grey_rgb_from_lightness,
     read_ddcolor_state_dict,
 )
-from models.dinov2 import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from tools.parity_dinov2 import (  # noqa: E402
+from models.dinov2 import IMAGENET_MEAN, IMAGENET_STD
+from tools.parity_dinov2 import (
     deterministic_tensor,
     deterministic_weights,
     print_report,

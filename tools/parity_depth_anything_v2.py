@@ -35,10 +35,9 @@ from unittest import mock
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.checkpoint_io import load_strict, read_state_dict  # noqa: E402
-from models.depth_anything_v2 import CONFIGS, DepthAnythingV2, preprocess_image  # noqa: E402
-from tools.parity_dinov2 import (  # noqa: E402
+from models.checkpoint_io import load_strict, read_state_dict
+from models.depth_anything_v2 import CONFIGS, DepthAnythingV2, preprocess_image
+from tools.parity_dinov2 import (
     deterministic_input,
     deterministic_weights,
     print_report,

@@ -33,9 +33,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.checkpoint_io import load_strict, read_state_dict  # noqa: E402
-from models.dinov2 import DinoV2  # noqa: E402
+from models.checkpoint_io import load_strict, read_state_dict
+from models.dinov2 import DinoV2
 
 VARIANTS = ("vits14", "vits14_reg", "vitb14", "vitb14_reg", "vitl14", "vitl14_reg", "vitg14", "vitg14_reg")
 

@@ -34,15 +34,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lightning_modules.pseudolabel_loss import PseudoLabelLossConfig, pseudolabel_loss  # noqa: E402
-from lightning_modules.pseudolabel_targets import make_pseudo_labels  # noqa: E402
-from lightning_modules.pseudolabel_teachers import Teacher, TeacherConfig  # noqa: E402
-from models.cotracker3 import CoTrackerThree  # noqa: E402
-from models.cotracker3_predictor import CoTrackerThreePredictor, PredictorOutput  # noqa: E402
-from tools.parity_cotracker3 import GOLDEN as MODEL_GOLDEN  # noqa: E402
-from tools.parity_cotracker3 import formula_state_dict, golden_inputs  # noqa: E402
+from lightning_modules.cotracker3_pseudolabel_loss import PseudoLabelLossConfig, pseudolabel_loss
+from lightning_modules.pseudolabel_targets import make_pseudo_labels
+from lightning_modules.pseudolabel_teachers import Teacher, TeacherConfig
+from models.cotracker3 import CoTrackerThree
+from models.cotracker3_predictor import CoTrackerThreePredictor, PredictorOutput
+from tools.parity_cotracker3 import GOLDEN as MODEL_GOLDEN
+from tools.parity_cotracker3 import formula_state_dict, golden_inputs
 
 TARGET = 1e-6
 FRAMES = 20  # two online windows: 0-15 and 8-19 (padded, trimmed)

@@ -45,11 +45,10 @@ from typing import Any
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.checkpoint_io import load_strict  # noqa: E402
-from models.resnet import ResNet  # noqa: E402
-from models.taptrv2 import TaptrV2, TaptrV2Config, load_taptrv2_checkpoint  # noqa: E402
-from tools.parity_dinov2 import deterministic_tensor, reference_commit  # noqa: E402
+from models.checkpoint_io import load_strict
+from models.resnet import ResNet
+from models.taptrv2 import TaptrV2, TaptrV2Config, load_taptrv2_checkpoint
+from tools.parity_dinov2 import deterministic_tensor, reference_commit
 
 TARGET = 1e-4
 TINY = {

@@ -15,7 +15,7 @@
 
 Long videos stream: the online tracker takes the frames chunk by chunk, depth and colour run on
 overlapping windows. An unreadable input stops with exit code 2 and a message naming the file.
-The logic lives in ``lightning_modules/predict_video.py``.
+The logic lives in ``tools/predict_video.py``.
 """
 
 from __future__ import annotations
@@ -26,13 +26,11 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from datamodules.query_files import parse_query, read_query_file  # noqa: E402
-from datamodules.video_files import VideoReader  # noqa: E402
-from models.checkpoint_io import CheckpointMismatchError  # noqa: E402
+from datamodules.query_files import parse_query, read_query_file
+from datamodules.video_files import VideoReader
+from models.checkpoint_io import CheckpointMismatchError
 
 log = logging.getLogger("predict")
 
@@ -122,8 +120,8 @@ def check_grid(args: argparse.Namespace) -> None:
 
 def check_tracker_memory(args: argparse.Namespace, tracker: object, queries: np.ndarray | None) -> None:
     """For a CoTracker3: the points (grid or queries, plus the hidden support grid) must fit in memory."""
-    from lightning_modules.predict_video import check_point_budget, pick_device
     from models.cotracker3_predictor import CoTrackerThreePredictor
+    from tools.predict_video import check_point_budget, pick_device
 
     if not isinstance(tracker, CoTrackerThreePredictor):
         return
@@ -133,18 +131,21 @@ def check_tracker_memory(args: argparse.Namespace, tracker: object, queries: np.
 
 
 def run_track(args: argparse.Namespace) -> list[dict[str, Path]]:
-    from lightning_modules.predict_video import TRACK_FAMILIES, load_module, official_tracker, track_video
-    from lightning_modules.tracker import TrackerModule
+    from lightning_modules.cotracker3 import CoTracker3Module
+    from lightning_modules.registry import module_from_checkpoint, track_families
+    from models.cotracker3_predictor import build_tracker_predictor
+    from tools.predict_video import track_video
 
     queries = read_queries(args)
     if args.ckpt:
-        module, _ = load_module(args.ckpt, TRACK_FAMILIES)
+        module, _ = module_from_checkpoint(args.ckpt, track_families())
         tracker = module
-        if isinstance(module, TrackerModule):
+        if isinstance(module, CoTracker3Module):
             tracker = module.predictor()
             tracker.support_grid_size = args.support_grid
     else:
-        tracker = official_tracker(args.weights, args.variant, args.arch, args.iters, args.support_grid)
+        tracker = build_tracker_predictor({**(args.arch or {}), "variant": args.variant}, args.weights, args.iters,
+                                          args.support_grid)
     check_tracker_memory(args, tracker, queries)
     return [track_video(video, args.out, tracker, queries=queries, grid_size=args.grid or 0, grid_frame=args.grid_frame,
                         backward_tracking=not args.no_backward, device=args.device, overlay=not args.no_overlay)
@@ -153,7 +154,7 @@ def run_track(args: argparse.Namespace) -> list[dict[str, Path]]:
 
 def build_tracks(args: argparse.Namespace, cfg_tracker: object | None):
     """The window tracker: --tracker-weights, else the checkpoint's on-the-fly tracker, else None."""
-    from models.video_depth import TrackPreprocessor, build_tracker_predictor
+    from models.cotracker3_predictor import TrackPreprocessor, build_tracker_predictor
 
     if args.tracker_weights:
         arch = {**args.tracker_arch, "variant": args.tracker_variant}
@@ -168,11 +169,12 @@ def build_tracks(args: argparse.Namespace, cfg_tracker: object | None):
 
 
 def run_depth(args: argparse.Namespace) -> list[dict[str, Path]]:
-    from lightning_modules.predict_video import depth_video, load_module
+    from lightning_modules.registry import module_from_checkpoint
     from models.video_depth import TracktentionConfig, VideoDepthAnything, VideoDepthConfig
+    from tools.predict_video import depth_video
 
     if args.ckpt:
-        module, cfg = load_module(args.ckpt, ("video_depth",))
+        module, cfg = module_from_checkpoint(args.ckpt, ("video_depth",))
         model, tracks = module.model, build_tracks(args, cfg.model.tracker)
     else:
         model = VideoDepthAnything(VideoDepthConfig(encoder=args.encoder, input_size=518,
@@ -188,12 +190,13 @@ def run_depth(args: argparse.Namespace) -> list[dict[str, Path]]:
 
 
 def run_colorize(args: argparse.Namespace) -> list[dict[str, Path]]:
-    from lightning_modules.predict_video import PredictError, colorize_video, load_module
+    from lightning_modules.registry import module_from_checkpoint
+    from tools.predict_video import PredictError, colorize_video
 
     if not args.ckpt:
         raise PredictError("colorize needs a training checkpoint (--ckpt); published colorizer weights are "
                            "loaded through model.init_from in training")
-    module, _ = load_module(args.ckpt, ("colorization",))
+    module, _ = module_from_checkpoint(args.ckpt, ("colorization",))
     tracks = build_tracks(args, None)
     return [colorize_video(video, args.out, module.model, tracks=tracks, window=args.window, overlap=args.overlap,
                            device=args.device, seed=args.seed)
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run = {"track": run_track, "depth": run_depth, "colorize": run_colorize}[args.command]
-    from lightning_modules.predict_video import pick_device
+    from tools.predict_video import pick_device
 
     try:
         check_output_dir(args.out)  # fail on these before loading any weights

@@ -14,18 +14,14 @@ correspondence beats zero motion on the first range first.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.synthetic import SyntheticConfig, generate_clip  # noqa: E402
-from lightning_modules.taptrv2_loss import TaptrV2LossConfig, taptrv2_loss  # noqa: E402
-from models.taptrv2 import TaptrV2, TaptrV2Config  # noqa: E402
+from datamodules.synthetic import SyntheticConfig, generate_clip
+from lightning_modules.taptrv2_loss import TaptrV2LossConfig, taptrv2_loss
+from models.taptrv2 import TaptrV2, TaptrV2Config
 
 FRAME_RANGES = (slice(1, 8), slice(8, 16), slice(16, 24))
 

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 import weakref
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.taptrv2 import TaptrV2, TaptrV2Config  # noqa: E402
+from models.taptrv2 import TaptrV2, TaptrV2Config
 
 
 class LiveMemory(TorchDispatchMode):

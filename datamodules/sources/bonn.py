@@ -13,8 +13,15 @@ import logging
 
 import numpy as np
 
-from datamodules.sources.base import (DatasetSource, Frame, SequenceRef, intrinsics_matrix, list_files, read_image,
-                                      read_png_uint16)
+from datamodules.sources.base import (
+    DatasetSource,
+    Frame,
+    SequenceRef,
+    intrinsics_matrix,
+    list_files,
+    read_image,
+    read_png_uint16,
+)
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from datamodules.sources.base import (FLIP_XY, DatasetSource, Frame, SequenceRef, SourceReadError, intrinsics_matrix,
-                                      invert_rigid, read_bytes, read_image, rigid)
+from datamodules.sources.base import (
+    FLIP_XY,
+    DatasetSource,
+    Frame,
+    SequenceRef,
+    SourceReadError,
+    intrinsics_matrix,
+    invert_rigid,
+    read_bytes,
+    read_image,
+    rigid,
+)
 
 
 def read_float16_png(path: Path) -> np.ndarray:

@@ -14,8 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.sources.base import (DatasetSource, Frame, SequenceRef, SourceReadError, list_files, read_bytes,
-                                      read_image, read_png_uint16)
+from datamodules.sources.base import (
+    DatasetSource,
+    Frame,
+    SequenceRef,
+    SourceReadError,
+    list_files,
+    read_bytes,
+    read_image,
+    read_png_uint16,
+)
 
 
 def read_p_rect_02(path: Path) -> np.ndarray:

@@ -15,8 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.sources.base import (DatasetSource, Frame, SequenceRef, SourceReadError, invert_rigid, list_files,
-                                      read_image, read_png_uint16)
+from datamodules.sources.base import (
+    DatasetSource,
+    Frame,
+    SequenceRef,
+    SourceReadError,
+    invert_rigid,
+    list_files,
+    read_image,
+    read_png_uint16,
+)
 
 
 class PointOdysseySource(DatasetSource):

@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from datamodules.sources.base import (DatasetSource, Frame, SequenceRef, list_files, read_image, read_png_uint16,
-                                      read_text_matrix)
+from datamodules.sources.base import (
+    DatasetSource,
+    Frame,
+    SequenceRef,
+    list_files,
+    read_image,
+    read_png_uint16,
+    read_text_matrix,
+)
 
 
 class ScanNetSource(DatasetSource):

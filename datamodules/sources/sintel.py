@@ -13,8 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.sources.base import (DatasetSource, Frame, SequenceRef, SourceReadError, invert_rigid, list_files,
-                                      read_bytes, read_image)
+from datamodules.sources.base import (
+    DatasetSource,
+    Frame,
+    SequenceRef,
+    SourceReadError,
+    invert_rigid,
+    list_files,
+    read_bytes,
+    read_image,
+)
 
 TAG = np.float32(202021.25)
 

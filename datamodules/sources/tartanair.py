@@ -13,8 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.sources.base import (DatasetSource, Frame, SequenceRef, SourceReadError, intrinsics_matrix,
-                                      list_files, quaternion_to_matrix, read_bytes, read_image, rigid)
+from datamodules.sources.base import (
+    DatasetSource,
+    Frame,
+    SequenceRef,
+    SourceReadError,
+    intrinsics_matrix,
+    list_files,
+    quaternion_to_matrix,
+    read_bytes,
+    read_image,
+    rigid,
+)
 
 TARTANAIR_INTRINSICS = intrinsics_matrix(320.0, 320.0, 320.0, 240.0)
 # Columns: the OpenCV camera axes (x right, y down, z forward) in NED body axes (x forward, y right, z down).

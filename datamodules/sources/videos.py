@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 from datamodules.sources.base import DatasetSource, Frame, SequenceRef, SourceReadError, natural_key, read_image
@@ -24,6 +23,8 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpe
 
 def probe_video(path: Path) -> tuple[int, float]:
     """(number of frames, fps); the count is exact: packets are demuxed (cheap), not decoded."""
+    import av  # PyAV only when a video is read: config loading stays light
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -79,6 +80,8 @@ class VideosSource(DatasetSource):
 
     def _decode(self, path: Path, index: int) -> np.ndarray:
         """Frame `index` of a video, decoding forward from the last request (clips come in order)."""
+        import av
+
         if self._decoder is None or self._decoder[0] != path or self._decoder[3] > index:
             self._close()
             try:

@@ -13,8 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.sources.base import (DatasetSource, Frame, SequenceRef, SourceReadError, intrinsics_matrix,
-                                      invert_rigid, list_files, read_bytes, read_image, read_png_uint16)
+from datamodules.sources.base import (
+    DatasetSource,
+    Frame,
+    SequenceRef,
+    SourceReadError,
+    intrinsics_matrix,
+    invert_rigid,
+    list_files,
+    read_bytes,
+    read_image,
+    read_png_uint16,
+)
 
 
 def read_camera_table(path: Path, camera: int, width: int) -> dict[int, np.ndarray]:

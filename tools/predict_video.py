@@ -27,22 +27,16 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from datamodules.query_files import check_queries
 from datamodules.video_files import FrameArrayWriter, Mp4Writer, VideoReader, write_png16
-from models.checkpoint_io import CheckpointReadError, load_checkpoint_file, load_strict
-from models.cotracker3_predictor import CoTrackerThreePredictor
+from models.cotracker3_predictor import CoTrackerThreePredictor, TrackPreprocessor
 from models.cotracker3_stream_predictor import StreamingTrackPredictor
 from models.track_ops import points_on_grid
-from models.video_depth import TrackPreprocessor
 from models.video_windows import stitched
 
 log = logging.getLogger(__name__)
-
-TRACK_FAMILIES = ("cotracker3", "cotracker3_pseudolabel", "chrono", "taptrv2")
-
 
 class PredictError(ValueError):
     """A prediction request that cannot run (wrong checkpoint, missing tracker, bad sizes)."""
@@ -88,67 +82,6 @@ def check_point_budget(num_points: int, bytes_per_point: int, device: torch.devi
     if have is not None and need > have:
         raise PredictError(f"{what}: {num_points:,} points need at least {need / 2**30:.1f} GiB for one window, more "
                            f"than the {have / 2**30:.1f} GiB free on {device}; track fewer points")
-
-
-# ---------------------------------------------------------------------- checkpoints
-def _typed_config(hparams: dict) -> DictConfig:
-    """The run's saved config, checked against the schema of its model family and data kind."""
-    from configs.schema import DATA_KINDS, MODEL_FAMILIES, RootConfig
-    from datamodules.registry import load_datamodules
-    from lightning_modules.registry import load_families
-
-    load_families()
-    load_datamodules()
-    family, kind = hparams["model"].get("family"), hparams.get("data", {}).get("kind")
-    if family not in MODEL_FAMILIES or kind not in DATA_KINDS:
-        raise PredictError(f"checkpoint config names model.family={family!r}, data.kind={kind!r}; "
-                           f"known families {sorted(MODEL_FAMILIES)}")
-    schema = OmegaConf.structured(RootConfig)
-    schema.model = OmegaConf.structured(MODEL_FAMILIES[family])
-    schema.data = OmegaConf.structured(DATA_KINDS[kind])
-    return OmegaConf.merge(schema, hparams)
-
-
-def load_module(path: str | Path, families: tuple[str, ...]) -> tuple[L.LightningModule, DictConfig]:
-    """A family's LightningModule rebuilt from a training ``.ckpt`` (strict), and the run's config.
-
-    Weight files the run started from (``init_from``, ``backbone_weights``, the video-depth
-    on-the-fly tracker) are not read again: the checkpoint holds the trained weights.
-    """
-    from lightning_modules.registry import FAMILY_MODULES
-
-    path = Path(path)
-    try:
-        ckpt = load_checkpoint_file(path)
-    except CheckpointReadError as err:
-        raise PredictError(str(err)) from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "model" not in hparams or "state_dict" not in ckpt:
-        raise PredictError(f"{path} is not a training checkpoint of this framework (no saved config); "
-                           "for published weights use --weights")
-    cfg = _typed_config(hparams)
-    family = cfg.model.family
-    if family not in families:
-        raise PredictError(f"{path} holds a {family!r} model; this command needs one of {list(families)}")
-    build_cfg = cfg.copy()
-    for key in ("init_from", "backbone_weights"):
-        if key in build_cfg.model:
-            build_cfg.model[key] = None
-    if "tracker" in build_cfg.model:
-        build_cfg.model.tracker.checkpoint = None
-    module = FAMILY_MODULES[family](build_cfg)
-    load_strict(module, ckpt["state_dict"], what="checkpoint")
-    return module.eval(), cfg
-
-
-def official_tracker(weights: str | Path, variant: str, arch: dict | None = None, iters: int = 6,
-                     support_grid_size: int = 6) -> CoTrackerThreePredictor:
-    """A CoTracker3 predictor from a published ``.pth`` (strict); the demo's 6x6 support grid."""
-    from models.cotracker3 import CoTrackerThree
-
-    model = CoTrackerThree.from_config({**(arch or {}), "variant": variant})
-    model.load_official(weights)
-    return CoTrackerThreePredictor(model.eval(), iters=iters, support_grid_size=support_grid_size)
 
 
 # ---------------------------------------------------------------------- tracks

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lightning_modules.tracker_loss import LossWeights, huber, query_mask, tracker_loss
+from lightning_modules.cotracker3_loss import LossWeights, cotracker3_loss, huber, query_mask
 
 
 def _bce(logit, target):
@@ -29,7 +29,7 @@ def test_loss_equals_a_hand_computation_with_query_masking():
     conf1 = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])
     window = {"start": 0, "coords": [it0, it1], "vis_logits": [vis0, vis1], "conf_logits": [conf0, conf1]}
     w = LossWeights()
-    out = tracker_loss([window], batch, w, mask_before_query=True)
+    out = cotracker3_loss([window], batch, w, mask_before_query=True)
 
     # Visible mask with query masking: (t0,n0), (t1,n0) -> track 1 masked at t0 and occluded at t1.
     # it0 per-point mean-over-xy Huber: (t0,n0): (4.5 + 0)/2 = 2.25; (t1,n0): (0 + (6*(8-3)))/2 = 15
@@ -41,7 +41,9 @@ def test_loss_equals_a_hand_computation_with_query_masking():
     expect_occluded = (0.8 * 10 / (1 + 1e-6) + 1.0 * 7 / (1 + 1e-6)) / 2
     # Visibility BCE over all 4 elements (no mask), averaged over iterations, no gamma.
     targets = [[1, 1], [1, 0]]
-    bce = lambda v: sum(_bce(float(v[0, t, n]), targets[t][n]) for t in range(2) for n in range(2)) / 4
+    def bce(v):
+        return sum(_bce(float(v[0, t, n]), targets[t][n]) for t in range(2) for n in range(2)) / 4
+
     expect_visibility = (bce(vis0) + bce(vis1)) / 2
     # Confidence: target = |err|^2 <= 144; times visible; mean over (S, N).
     def conf_term(coords, conf):
@@ -61,7 +63,7 @@ def test_loss_equals_a_hand_computation_with_query_masking():
     assert math.isclose(out["loss"].item(), total, rel_tol=1e-6)
 
     # Offline supervision (no query mask): (t0, n1) now counts as visible.
-    offline = tracker_loss([window], batch, w, mask_before_query=False)
+    offline = cotracker3_loss([window], batch, w, mask_before_query=False)
     assert offline["visible"] > 0 and not math.isclose(offline["visible"].item(), expect_visible, rel_tol=1e-3)
 
 
@@ -73,10 +75,10 @@ def test_windows_are_averaged_and_sliced_by_start():
     zeros = torch.zeros(1, 4, N)
     perfect = {"start": 2, "coords": [gt[:, 2:6].clone()], "vis_logits": [zeros + 20], "conf_logits": [zeros + 20]}
     off = {"start": 0, "coords": [gt[:, 0:4] + 1.0], "vis_logits": [zeros + 20], "conf_logits": [zeros + 20]}
-    both = tracker_loss([perfect, off], batch, LossWeights(), mask_before_query=True)
-    single = tracker_loss([off], batch, LossWeights(), mask_before_query=True)
+    both = cotracker3_loss([perfect, off], batch, LossWeights(), mask_before_query=True)
+    single = cotracker3_loss([off], batch, LossWeights(), mask_before_query=True)
     assert torch.isclose(both["visible"], single["visible"] / 2, rtol=1e-5)
-    assert torch.isclose(tracker_loss([perfect], batch, LossWeights(), True)["visible"], torch.tensor(0.0))
+    assert torch.isclose(cotracker3_loss([perfect], batch, LossWeights(), True)["visible"], torch.tensor(0.0))
 
 
 def test_query_mask():

@@ -1,17 +1,18 @@
 import pytest
 import torch
 
-from configs.loader import ConfigError, load_config
+from configs.loader import ConfigError, override_args
 from datamodules.tracking import EvalClips
+from lightning_modules.cotracker3 import CoTracker3Module
 from lightning_modules.point_tracking import to_metric_space
-from lightning_modules.tracker import TrackerModule
 from models.checkpoint_io import CheckpointMismatchError
 from tests.tiny_run import TINY_MODEL
+from train import load_config
 
 
 def _module(tmp_path, *extra):
-    _, cfg = load_config([*TINY_MODEL, f"run_dir={tmp_path}", *extra])
-    return TrackerModule(cfg)
+    _, cfg = load_config(override_args([*TINY_MODEL, f"run_dir={tmp_path}"], list(extra)))
+    return CoTracker3Module(cfg.model)
 
 
 def _batch(tiny_shards):
@@ -35,7 +36,9 @@ def test_overfitting_one_batch_drives_the_loss_down(tmp_path, tiny_shards):
         opt.step()
         losses.append(loss.item())
         position.append(module.last_loss_terms["visible"].item())
-    mean = lambda xs: sum(xs) / len(xs)
+    def mean(xs):
+        return sum(xs) / len(xs)
+
     assert mean(losses[-5:]) < 0.3 * mean(losses[:5]), losses[::10]
     assert mean(position[-5:]) < 0.6 * mean(position[:5]), position[::10]
 

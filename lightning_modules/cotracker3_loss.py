@@ -70,7 +70,7 @@ def query_mask(queries: torch.Tensor, start: int, num_frames: int) -> torch.Tens
     return frames >= queries[..., 0].round().unsqueeze(1)
 
 
-def tracker_loss(
+def cotracker3_loss(
     windows: list[dict[str, object]], batch: dict[str, torch.Tensor], w: LossWeights, mask_before_query: bool,
 ) -> dict[str, torch.Tensor]:
     """Average the window losses over windows and combine with the reference weights.

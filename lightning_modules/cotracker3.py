@@ -9,9 +9,9 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_modules.cotracker3_loss import LossWeights, cotracker3_loss
 from lightning_modules.point_tracking import PointTrackingModule
-from lightning_modules.registry import register_family
-from lightning_modules.tracker_loss import LossWeights, tracker_loss
+from lightning_modules.registry import MEDIA_EVERY_FROM_WANDB, QUERY_MODE_FROM_DATA, model_config, register_family
 from models.cotracker3 import CoTrackerThree, CoTrackerThreeConfig
 from models.cotracker3_predictor import CoTrackerThreePredictor
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrackerModelConfig:
+class CoTracker3ModelConfig:
     family: str = "cotracker3"
     arch: CoTrackerThreeConfig = field(default_factory=CoTrackerThreeConfig)
     train_iters: int = 4
@@ -38,13 +38,16 @@ class TrackerModelConfig:
     eval_support_grid: int = 0  # 5 = the reference EvaluationPredictor's global grid
     backward_tracking: Optional[bool] = None  # None: online model in strided mode
     max_consecutive_nonfinite: int = 20  # skipped NaN/Inf steps in a row before training stops
+    # From other sections (registry.py): the evaluation data's query mode, the media cadence.
+    query_mode: str = QUERY_MODE_FROM_DATA
+    media_every_n_validations: int = MEDIA_EVERY_FROM_WANDB
 
 
-@register_family("cotracker3", TrackerModelConfig)
-class TrackerModule(PointTrackingModule):
-    def __init__(self, cfg: DictConfig | dict) -> None:
-        super().__init__(cfg)
-        m = self.cfg.model
+@register_family("cotracker3", CoTracker3ModelConfig)
+class CoTracker3Module(PointTrackingModule):
+    def __init__(self, cfg: DictConfig | CoTracker3ModelConfig | dict) -> None:
+        super().__init__(model_config(cfg, CoTracker3ModelConfig))
+        m = self.cfg
         self.model = CoTrackerThree(OmegaConf.to_object(m.arch))
         if m.init_from:
             self.model.load_official(m.init_from)
@@ -59,13 +62,13 @@ class TrackerModule(PointTrackingModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        windows = self.model.forward_train(batch["video"], batch["queries"], iters=self.cfg.model.train_iters)
-        terms = tracker_loss([w.__dict__ for w in windows], batch, self.loss_weights,
+        windows = self.model.forward_train(batch["video"], batch["queries"], iters=self.cfg.train_iters)
+        terms = cotracker3_loss([w.__dict__ for w in windows], batch, self.loss_weights,
                              mask_before_query=self.model.config.variant == "online")
-        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.model.max_consecutive_nonfinite)
+        return self.finish_training_step(terms, batch["video"].shape[0], self.cfg.max_consecutive_nonfinite)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        m = self.cfg.model
+        m = self.cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=m.lr, weight_decay=m.weight_decay, eps=m.adam_eps)
         # The reference schedules num_steps + 100 so the last steps keep a non-zero rate.
@@ -77,12 +80,12 @@ class TrackerModule(PointTrackingModule):
 
     # ------------------------------------------------------------------ evaluation
     def predictor(self) -> CoTrackerThreePredictor:
-        m = self.cfg.model
+        m = self.cfg
         return CoTrackerThreePredictor(self.model, iters=m.eval_iters, support_grid_size=m.eval_support_grid,
                                        visibility_rule=m.visibility_rule, threshold=m.visibility_threshold)
 
     def predict_tracks(self, video: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        backward = self.cfg.model.backward_tracking
+        backward = self.cfg.backward_tracking
         if backward is None:
             backward = self.model.config.variant == "online" and self.query_mode == "strided"
         out = self.predictor()(video, queries, backward_tracking=backward)

@@ -2,7 +2,7 @@
 
 import torch
 
-from lightning_modules.depth_losses import (
+from lightning_modules.video_depth_loss import (
     DepthLossWeights,
     VideoDepthLoss,
     align_scale_shift,

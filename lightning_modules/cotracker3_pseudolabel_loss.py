@@ -1,6 +1,6 @@
 """CoTracker3's loss on pseudo-labels (co-tracker ``train_on_real_data.py::forward_batch``).
 
-Only the two position terms of the Kubric loss (``tracker_loss``) remain:
+Only the two position terms of the Kubric loss (``cotracker3_loss``) remain:
 
     0.05 * Huber(delta=6) on pseudo-visible points   (masked mean over valid & visible)
   + 0.01 * L1 on pseudo-occluded points              (masked mean over valid & ~visible & occluded_loss)
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_modules.tracker_loss import huber, masked_mean, query_mask
+from lightning_modules.cotracker3_loss import huber, masked_mean, query_mask
 
 
 @dataclass
