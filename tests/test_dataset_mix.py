@@ -138,7 +138,8 @@ def test_the_video_mix_preset_requires_the_sets():
     from train import load_config
 
     base = ["experiment=depth_anything_vits_tracktention", "data=video_mix", "model.init_from=w.pth"]
-    with pytest.raises(ConfigError, match=r"required config keys not set: \['data.train_sets\[0\].name'"):
+    with pytest.raises(ConfigError, match=r"required config keys not set: data.train_sets\[0\].name, "
+                                          r"data.train_sets\[0\].shards"):
         load_config(base)
     _, cfg = load_config([*base, "data.train_sets=[{name: a, shards: /x, weight: 0.4}, {name: b, shards: /y}]"])
     assert [(s.name, s.weight) for s in cfg.data.train_sets] == [("a", 0.4), ("b", 1.0)]

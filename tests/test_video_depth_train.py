@@ -8,6 +8,7 @@ import torch
 
 import train
 from callbacks.unfreeze import set_trainable
+from configs.loader import override_args
 from train import load_config
 
 
@@ -20,7 +21,7 @@ def tiny_args(tmp: Path, **extra: object) -> list[str]:
         "data.batch_size=1", "data.num_workers=0", "data.shuffle_buffer=1", "model.arch.img_size=56",
         "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
     ]
-    return args + [f"{k}={v}" for k, v in extra.items()]
+    return override_args(args, [f"{k}={v}" for k, v in extra.items()])
 
 
 def initial_state(args: list[str]) -> dict[str, torch.Tensor]:
