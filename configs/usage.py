@@ -57,9 +57,10 @@ def _wrap(items: list[str], indent: str = "    ", width: int = 100) -> str:
 def usage_text(families: Mapping[str, type], data_kinds: Mapping[str, type], config_dir: Path = CONFIG_DIR) -> str:
     """train.py's --help; `families` / `data_kinds`: name -> section dataclass, as configs.loader takes them."""
     commands = "\n".join(f"  {c:<13} {COMMAND_HELP.get(c, '')}" for c in COMMANDS)
-    families = "\n".join(f"  {name:<13} model.* keys: {cls.__name__} in {_source_file(cls)}"
+    width = max(13, *map(len, families), *map(len, data_kinds))
+    families = "\n".join(f"  {name:<{width}} model.* keys: {cls.__name__} in {_source_file(cls)}"
                          for name, cls in sorted(families.items()))
-    kinds = "\n".join(f"  {name:<13} data.* keys: {cls.__name__} in {_source_file(cls)}"
+    kinds = "\n".join(f"  {name:<{width}} data.* keys: {cls.__name__} in {_source_file(cls)}"
                       for name, cls in sorted(data_kinds.items()))
     return f"""usage: python train.py [COMMAND] [experiment=NAME] [model=NAME] [data=NAME] [KEY=VALUE ...]
        python train.py -h | --help | help
