@@ -263,10 +263,9 @@ def test_dynamic_replica_float16_depth_pytorch3d_camera_and_trajectories(tmp_pat
     vis = saved["verts_inds_vis"].numpy()
     kept = clip.visible.any(0)
     assert clip.tracks.shape[1] == kept.sum() <= N
-    all_tracks = np.stack([torch.load(base / "seq_a" / "trajectories" / f"seq_a-left-{i:04d}.pth",
-                                      weights_only=True)["traj_2d"].numpy()[:, :2] for i in range(3)])
-    all_vis = np.stack([torch.load(base / "seq_a" / "trajectories" / f"seq_a-left-{i:04d}.pth",
-                                   weights_only=True)["verts_inds_vis"].numpy() for i in range(3)])
+    frames = [base / "seq_a" / "trajectories" / f"seq_a-left-{i:04d}.pth" for i in range(3)]
+    all_tracks = np.stack([torch.load(f, weights_only=True)["traj_2d"].numpy()[:, :2] for f in frames])
+    all_vis = np.stack([torch.load(f, weights_only=True)["verts_inds_vis"].numpy() for f in frames])
     assert np.allclose(clip.tracks, all_tracks[:, all_vis.any(0)]) and vis.shape == (N,)
 
 
